@@ -1,0 +1,4 @@
+//! Simulators, load generators and benchmark harnesses. Shared generators live here; each tool is
+//! a binary in `src/bin/`.
+
+pub mod workload;
