@@ -47,13 +47,20 @@ pub fn create(path: &Path) -> Result<SigningKey, KeyFileError> {
     Ok(key)
 }
 
-/// Reads a key file, refusing one that group or others can access.
-pub fn load(path: &Path) -> Result<SigningKey, KeyFileError> {
+/// Refuses a secret file (signing key, TLS private key) that group or others can access.
+pub fn check_owner_only(path: &Path) -> Result<(), KeyFileError> {
     let io = |source| KeyFileError::Io { path: path.to_owned(), source };
     let mode = fs::metadata(path).map_err(io)?.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
         return Err(KeyFileError::Exposed { path: path.to_owned(), mode });
     }
+    Ok(())
+}
+
+/// Reads a key file, refusing one that group or others can access.
+pub fn load(path: &Path) -> Result<SigningKey, KeyFileError> {
+    let io = |source| KeyFileError::Io { path: path.to_owned(), source };
+    check_owner_only(path)?;
     let text = fs::read_to_string(path).map_err(io)?;
     SigningKey::from_text(&text).map_err(|source| KeyFileError::Format { path: path.to_owned(), source })
 }

@@ -5,15 +5,19 @@
 pub mod ack;
 pub mod batch;
 pub mod codec;
+pub mod command;
 pub mod envelope;
 pub mod event;
 pub mod keyfile;
 pub mod point;
+pub mod state;
 pub mod topic;
 
 pub use ack::{Ack, AckError, SeqRange};
 pub use batch::{Batch, BatchBuilder, BatchError, ClassDrops, DropCounters, Priority, Series};
+pub use command::{Command, CommandAction, CommandError};
 pub use envelope::{Algorithm, EnvelopeError, KeyId, Kind, PublicKey, SigningKey};
 pub use event::{Event, EventKind, GasDetection};
 pub use point::{ClockQuality, EnterpriseId, GatewayId, PointId, Quality, Sample, Severity, TimeSource, Value};
+pub use state::{GatewayState, SpoolReport, StateError};
 pub use topic::{Channel, Topic, TopicError};

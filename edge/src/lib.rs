@@ -6,6 +6,7 @@
 
 use vigil_common::{Event, PointId, Sample};
 
+pub mod agent;
 pub mod config;
 pub mod sources;
 pub mod spool;

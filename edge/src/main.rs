@@ -1,5 +1,4 @@
-//! `vigil-edge`: the gateway agent. Acquisition, spool and uplink arrive with their issues; today the
-//! binary provisions the gateway's identity.
+//! `vigil-edge`: the gateway agent (`run`) and the technician's tools.
 
 use std::path::PathBuf;
 
@@ -8,7 +7,7 @@ use clap::{Parser, Subcommand};
 
 /// Vigil gateway agent.
 #[derive(Parser)]
-#[command(version, about = "Vigil gateway agent (acquisition and uplink are not built yet; see README)")]
+#[command(version, about = "Vigil gateway agent")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -16,6 +15,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the agent: sources, spool and uplink, until SIGINT or SIGTERM.
+    Run {
+        /// The gateway configuration file.
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Generate this gateway's signing key (mode 0600) and print the public key to register at central.
     Keygen {
         /// Where to write the key; an existing file is never replaced.
@@ -32,6 +37,7 @@ enum Command {
 
 fn main() -> Result<()> {
     match Cli::parse().command {
+        Command::Run { config } => run(&config)?,
         Command::Keygen { out } => {
             let key = vigil_common::keyfile::create(&out).context("creating the gateway key")?;
             println!("{}", key.public_key().to_text());
@@ -43,4 +49,31 @@ fn main() -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn run(path: &std::path::Path) -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let config = vigil_edge::config::Config::load(path)?;
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().context("tokio runtime")?;
+    runtime.block_on(async {
+        let (stop, shutdown) = tokio::sync::watch::channel(false);
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("SIGTERM handler")?;
+        let mut agent = tokio::spawn(vigil_edge::agent::run(config, shutdown));
+        tokio::select! {
+            finished = &mut agent => return finished.context("agent task")?,
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("stopping");
+        let _ = stop.send(true);
+        agent.await.context("agent task")?
+    })
 }

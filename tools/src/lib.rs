@@ -1,4 +1,7 @@
-//! Simulators, load generators and benchmark harnesses. Shared generators live here; each tool is
-//! a binary in `src/bin/`.
+//! Simulators, load generators, test peers and benchmark harnesses. Shared pieces live here; each
+//! tool is a binary in `src/bin/`.
 
+pub mod broker;
+pub mod faultproxy;
+pub mod pki;
 pub mod workload;

@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use vigil_common::{DropCounters, Priority, SeqRange};
 
-pub use batcher::{Batcher, BatcherConfig, BatcherMetrics};
+pub use batcher::{Batcher, BatcherConfig, BatcherMetrics, now_ms};
 pub use sled_spool::SledSpool;
 
 /// The `[spool]` section of the gateway configuration.

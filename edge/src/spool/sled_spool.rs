@@ -18,6 +18,15 @@ const KEY_NEXT_SEQ: &[u8] = b"next_seq";
 const KEY_DROPS: &[u8] = b"drops";
 const TREE_NAMES: [&str; 3] = ["class-alarm-event", "class-live", "class-backfill"];
 
+/// A stored batch chosen to be dropped for the budget.
+struct Victim {
+    class: Priority,
+    key: Vec<u8>,
+    bytes: u64,
+    samples: u32,
+    events: u32,
+}
+
 /// The sled-backed spool.
 pub struct SledSpool {
     path: PathBuf,
@@ -67,7 +76,9 @@ fn decode_value(class: Priority, key: &[u8], value: &[u8]) -> Option<StoredBatch
 fn read_u64(meta: &sled::Tree, key: &[u8]) -> Result<Option<u64>, String> {
     match meta.get(key).map_err(|e| e.to_string())? {
         None => Ok(None),
-        Some(v) => v.as_ref().try_into().map(|b| Some(u64::from_be_bytes(b))).map_err(|_| format!("meta {key:?} malformed")),
+        Some(v) => {
+            v.as_ref().try_into().map(|b| Some(u64::from_be_bytes(b))).map_err(|_| format!("meta {key:?} malformed"))
+        }
     }
 }
 
@@ -75,7 +86,7 @@ fn fresh_epoch() -> u64 {
     let mut b = [0u8; 8];
     // The epoch only has to differ from earlier ones; the clock is a fallback if the OS has no entropy.
     if getrandom::fill(&mut b).is_err() {
-        return crate::spool::batcher::now_ms().unsigned_abs();
+        return crate::spool::now_ms().unsigned_abs();
     }
     u64::from_le_bytes(b) >> 1
 }
@@ -89,8 +100,9 @@ impl SledSpool {
         match Self::try_open(path, budget, existed) {
             Ok(spool) => Ok((spool, if existed { OpenOutcome::Resumed } else { OpenOutcome::Created })),
             Err((reason, old_epoch)) => {
-                let quarantined_to = PathBuf::from(format!("{}.corrupt-{}", path.display(), crate::spool::batcher::now_ms()));
-                std::fs::rename(path, &quarantined_to).map_err(|source| SpoolError::Quarantine { path: path.to_owned(), source })?;
+                let quarantined_to = PathBuf::from(format!("{}.corrupt-{}", path.display(), crate::spool::now_ms()));
+                std::fs::rename(path, &quarantined_to)
+                    .map_err(|source| SpoolError::Quarantine { path: path.to_owned(), source })?;
                 tracing::error!(spool = %path.display(), %reason, to = %quarantined_to.display(), "spool unusable, moved aside; starting a new epoch");
                 let spool = Self::try_open(path, budget, false)
                     .map_err(|(message, _)| SpoolError::Db { path: path.to_owned(), message })?;
@@ -137,7 +149,8 @@ impl SledSpool {
             let i = class_index(class);
             for item in trees[i].iter() {
                 let (k, v) = item.map_err(|e| (e.to_string(), Some(epoch)))?;
-                let b = decode_value(class, &k, &v).ok_or_else(|| (format!("malformed entry in {}", TREE_NAMES[i]), Some(epoch)))?;
+                let b = decode_value(class, &k, &v)
+                    .ok_or_else(|| (format!("malformed entry in {}", TREE_NAMES[i]), Some(epoch)))?;
                 if b.seq >= next_seq {
                     return Err((format!("batch {} at or above next_seq {next_seq}", b.seq), Some(epoch)));
                 }
@@ -171,7 +184,7 @@ impl SledSpool {
     }
 
     /// Picks the oldest batches to drop so `incoming` more bytes fit the budget.
-    fn victims(&self, incoming: u64) -> Result<Vec<(Priority, Vec<u8>, u64, u32, u32)>, SpoolError> {
+    fn victims(&self, incoming: u64) -> Result<Vec<Victim>, SpoolError> {
         let mut excess = (self.total_bytes() + incoming).saturating_sub(self.budget);
         let mut out = Vec::new();
         for class in eviction_order() {
@@ -181,7 +194,13 @@ impl SledSpool {
             for item in self.trees[class_index(class)].iter() {
                 let (k, v) = item.map_err(|e| self.db_err(e))?;
                 let b = decode_value(class, &k, &v).ok_or_else(|| self.db_err("malformed entry"))?;
-                out.push((class, k.to_vec(), v.len() as u64, b.samples, b.events));
+                out.push(Victim {
+                    class,
+                    key: k.to_vec(),
+                    bytes: v.len() as u64,
+                    samples: b.samples,
+                    events: b.events,
+                });
                 excess = excess.saturating_sub(v.len() as u64);
                 if excess == 0 {
                     break;
@@ -228,12 +247,12 @@ impl Spool for SledSpool {
         let mut drops = self.drops;
         let mut evicted = Evicted::default();
         for class in Priority::ALL {
-            let of_class: Vec<_> = victims.iter().filter(|v| v.0 == class).collect();
+            let of_class: Vec<_> = victims.iter().filter(|v| v.class == class).collect();
             if of_class.is_empty() {
                 continue;
             }
-            let samples: u64 = of_class.iter().map(|v| u64::from(v.3)).sum();
-            let events: u64 = of_class.iter().map(|v| u64::from(v.4)).sum();
+            let samples: u64 = of_class.iter().map(|v| u64::from(v.samples)).sum();
+            let events: u64 = of_class.iter().map(|v| u64::from(v.events)).sum();
             let d = drops.class_mut(class);
             d.batches += of_class.len() as u64;
             d.samples += samples;
@@ -244,11 +263,11 @@ impl Spool for SledSpool {
         let key = batch.seq.to_be_bytes();
         let next = (batch.seq + 1).to_be_bytes();
         let target = class_index(batch.class);
-        let result: Result<(), TransactionError<()>> =
-            (&self.trees[0], &self.trees[1], &self.trees[2], &self.meta).transaction(|(t0, t1, t2, meta)| {
+        let result: Result<(), TransactionError<()>> = (&self.trees[0], &self.trees[1], &self.trees[2], &self.meta)
+            .transaction(|(t0, t1, t2, meta)| {
                 let trees = [t0, t1, t2];
-                for (class, k, ..) in &victims {
-                    trees[class_index(*class)].remove(k.as_slice())?;
+                for v in &victims {
+                    trees[class_index(v.class)].remove(v.key.as_slice())?;
                 }
                 trees[target].insert(&key, value.as_slice())?;
                 meta.insert(KEY_NEXT_SEQ, &next)?;
@@ -257,11 +276,11 @@ impl Spool for SledSpool {
             });
         result.map_err(|e| self.db_err(format!("{e:?}")))?;
         self.flush()?;
-        for (class, _, bytes, samples, _) in &victims {
-            let c = &mut self.classes[class_index(*class)];
+        for v in &victims {
+            let c = &mut self.classes[class_index(v.class)];
             c.batches -= 1;
-            c.bytes -= bytes;
-            c.samples -= u64::from(*samples);
+            c.bytes -= v.bytes;
+            c.samples -= u64::from(v.samples);
         }
         let c = &mut self.classes[target];
         c.batches += 1;
@@ -355,7 +374,14 @@ mod tests {
     use super::*;
 
     fn stored(seq: u64, class: Priority, size: usize) -> StoredBatch {
-        StoredBatch { seq, class, samples: 10, events: u32::from(class == Priority::AlarmEvent), stored_ms: 1000 + seq as i64, sealed: vec![seq as u8; size] }
+        StoredBatch {
+            seq,
+            class,
+            samples: 10,
+            events: u32::from(class == Priority::AlarmEvent),
+            stored_ms: 1000 + seq as i64,
+            sealed: vec![seq as u8; size],
+        }
     }
 
     #[test]
@@ -429,7 +455,9 @@ mod tests {
             }
         }
         let (s, outcome) = SledSpool::open(&path, 1 << 20).unwrap();
-        let OpenOutcome::Recovered { quarantined_to, .. } = outcome else { panic!("expected recovery, got {outcome:?}") };
+        let OpenOutcome::Recovered { quarantined_to, .. } = outcome else {
+            panic!("expected recovery, got {outcome:?}")
+        };
         assert!(quarantined_to.exists());
         assert_ne!(s.epoch(), old);
         assert_eq!(s.next_seq(), 0);

@@ -1,0 +1,146 @@
+//! The uplink against a real Mosquitto with mutual TLS and per-gateway ACLs, and a stand-in central
+//! that verifies and acknowledges: delivery, deletion only on central's ack, outages, broker
+//! restarts, forged acks.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::time::Duration;
+
+use support::{Park, StandInCentral, values_of, wait_for};
+use tokio::sync::watch;
+use vigil_common::{EventKind, Priority};
+use vigil_edge::spool::{SledSpool, Spool};
+use vigil_tools::faultproxy::FaultProxy;
+
+fn start_agent(
+    config: vigil_edge::config::Config,
+) -> (watch::Sender<bool>, tokio::task::JoinHandle<anyhow::Result<()>>) {
+    let (stop, shutdown) = watch::channel(false);
+    (stop, tokio::spawn(vigil_edge::agent::run(config, shutdown)))
+}
+
+async fn stop_agent(stop: watch::Sender<bool>, agent: tokio::task::JoinHandle<anyhow::Result<()>>) {
+    stop.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), agent).await.expect("agent stops").unwrap().unwrap();
+}
+
+fn assert_contiguous_from_zero(values: &[i64], what: &str) {
+    let expected: Vec<i64> = (0..values.len() as i64).collect();
+    assert_eq!(values, expected.as_slice(), "{what}: every value exactly once, in order");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_leave_the_spool_only_when_central_acknowledges_them() {
+    let park = Park::new();
+    let central = StandInCentral::start(&park).await;
+    central.acking.store(false, std::sync::atomic::Ordering::SeqCst);
+    let (stop, agent) = start_agent(park.gateway_config(park.broker.port()));
+    assert!(wait_for(20, || central.received.lock().unwrap().batches.len() >= 10).await, "batches arrive");
+    stop_agent(stop, agent).await;
+
+    // The broker acknowledged every publish, but central did not: everything is still spooled.
+    let (spool, _) = SledSpool::open(&park.spool_path(), 1 << 30).unwrap();
+    let stats = spool.stats();
+    let spooled: u64 = stats.classes.iter().map(|c| c.batches).sum();
+    assert_eq!(spooled, stats.next_seq, "no batch deleted without central's ack");
+    let epoch = spool.epoch();
+    drop(spool);
+
+    // With central acking, a restarted agent re-sends the backlog and the spool drains.
+    central.acking.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (stop, agent) = start_agent(park.gateway_config(park.broker.port()));
+    let drained = wait_for(20, || {
+        let r = central.received.lock().unwrap();
+        values_of(&r, epoch, "gateway.spool_batches").last().is_some_and(|&v| v <= 3)
+            && r.seqs(epoch).len() as u64 > stats.next_seq
+    })
+    .await;
+    assert!(drained, "spool drains once central acknowledges");
+    stop_agent(stop, agent).await;
+    let r = central.received.lock().unwrap();
+    assert!(r.duplicates > 0, "the unacknowledged batches were sent again");
+    let seqs = r.seqs(epoch);
+    assert_eq!(seqs.len() as u64, seqs.last().unwrap() + 1, "no sequence gaps");
+    assert!(r.states.iter().any(|s| s.online), "birth state published");
+    let started = r
+        .batches
+        .values()
+        .filter(|b| b.events.iter().any(|e| matches!(e.kind, EventKind::GatewayStarted { .. })))
+        .count();
+    assert_eq!(started, 2, "one start event per run");
+    assert!(r.batches.values().filter(|b| !b.events.is_empty()).all(|b| b.class == Priority::AlarmEvent));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_is_backfilled_with_nothing_lost() {
+    let park = Park::new();
+    let central = StandInCentral::start(&park).await;
+    let proxy = FaultProxy::start(([127, 0, 0, 1], park.broker.port()).into()).await.unwrap();
+    let (stop, agent) = start_agent(park.gateway_config(proxy.addr().port()));
+    assert!(wait_for(20, || central.received.lock().unwrap().batches.len() >= 5).await);
+    proxy.cut();
+    let before = central.received.lock().unwrap().batches.len();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let during = central.received.lock().unwrap().batches.len();
+    assert!(during <= before + 2, "nothing gets through a cut link ({before} -> {during})");
+    proxy.restore();
+    assert!(
+        wait_for(30, || central
+            .received
+            .lock()
+            .unwrap()
+            .batches
+            .values()
+            .any(|b| b.class == Priority::Backfill && b.seq > 0))
+        .await
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop_agent(stop, agent).await;
+
+    let r = central.received.lock().unwrap();
+    let epoch = *r.epochs().first().unwrap();
+    let beats = values_of(&r, epoch, "gateway.heartbeat");
+    assert!(beats.len() > 100, "{} heartbeats", beats.len());
+    // The last batch may still be in flight at shutdown: everything before it arrived, in order.
+    assert_contiguous_from_zero(&beats, "heartbeat across the outage");
+    let seqs = r.seqs(epoch);
+    assert_eq!(seqs.len() as u64, seqs.last().unwrap() + 1, "no sequence gaps");
+    assert!(proxy.accepted() >= 2, "the gateway reconnected");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_restart_loses_nothing() {
+    let mut park = Park::new();
+    let central = StandInCentral::start(&park).await;
+    let (stop, agent) = start_agent(park.gateway_config(park.broker.port()));
+    assert!(wait_for(20, || central.received.lock().unwrap().batches.len() >= 5).await);
+    park.broker.stop();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    park.broker.start().unwrap();
+    let target = central.received.lock().unwrap().batches.len() + 20;
+    assert!(wait_for(40, || central.received.lock().unwrap().batches.len() >= target).await, "delivery resumes");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop_agent(stop, agent).await;
+    let r = central.received.lock().unwrap();
+    let epoch = *r.epochs().first().unwrap();
+    assert_contiguous_from_zero(&values_of(&r, epoch, "gateway.heartbeat"), "heartbeat across the broker restart");
+    let seqs = r.seqs(epoch);
+    assert_eq!(seqs.len() as u64, seqs.last().unwrap() + 1, "no sequence gaps");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_not_signed_by_central_delete_nothing() {
+    let mut park = Park::new();
+    // The stand-in signs with a key the gateway does not trust.
+    park.central_key = vigil_common::SigningKey::generate().unwrap();
+    let config = park.gateway_config(park.broker.port());
+    park.central_key = vigil_common::SigningKey::generate().unwrap();
+    let central = StandInCentral::start(&park).await;
+    let (stop, agent) = start_agent(config);
+    assert!(wait_for(20, || central.received.lock().unwrap().batches.len() >= 10).await);
+    stop_agent(stop, agent).await;
+    let (spool, _) = SledSpool::open(&park.spool_path(), 1 << 30).unwrap();
+    let stats = spool.stats();
+    assert_eq!(stats.classes.iter().map(|c| c.batches).sum::<u64>(), stats.next_seq, "forged acks deleted nothing");
+}
