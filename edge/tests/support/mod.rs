@@ -27,6 +27,8 @@ pub struct Park {
     pub gateway_tls: Issued,
     pub gateway_key: SigningKey,
     pub central_key: SigningKey,
+    /// The spool's disk budget in the gateway configuration.
+    pub budget_bytes: u64,
 }
 
 impl Park {
@@ -40,7 +42,7 @@ impl Park {
         let broker = Mosquitto::start_tls(&dir.path().join("broker"), &pki, &server, "central").unwrap();
         let gateway_key = vigil_common::keyfile::create(&dir.path().join("gw.key")).unwrap();
         let central_key = SigningKey::generate().unwrap();
-        Park { dir, pki, broker, central_tls, gateway_tls, gateway_key, central_key }
+        Park { dir, pki, broker, central_tls, gateway_tls, gateway_key, central_key, budget_bytes: 1 << 30 }
     }
 
     pub fn spool_path(&self) -> PathBuf {
@@ -59,6 +61,7 @@ key_file = "{key}"
 [spool]
 path = "{spool}"
 batch_max_age_ms = 100
+budget_bytes = {budget}
 
 [system]
 interval_ms = 20
@@ -77,6 +80,7 @@ key_file = "{tlskey}"
 "#,
             key = self.dir.path().join("gw.key").display(),
             spool = self.spool_path().display(),
+            budget = self.budget_bytes,
             central = self.central_key.public_key().to_text(),
             ca = self.pki.ca_file().display(),
             cert = self.gateway_tls.cert.display(),
@@ -92,7 +96,7 @@ key_file = "{tlskey}"
     }
 }
 
-fn tls(ca: &Path, cert: &Path, key: &Path) -> TlsConfiguration {
+pub fn tls(ca: &Path, cert: &Path, key: &Path) -> TlsConfiguration {
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_file_iter(ca).unwrap() {
         roots.add(c.unwrap()).unwrap();
