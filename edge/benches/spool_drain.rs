@@ -41,7 +41,8 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let minutes: u64 = std::env::args().skip_while(|a| a != "--minutes").nth(1).and_then(|m| m.parse().ok()).unwrap_or(60);
+    let minutes: u64 =
+        std::env::args().skip_while(|a| a != "--minutes").nth(1).and_then(|m| m.parse().ok()).unwrap_or(60);
     let park = support::Park::new();
     let gateway = GatewayId::new(support::GATEWAY).unwrap();
     let key = park.gateway_key.clone();
@@ -68,7 +69,16 @@ async fn main() {
             seal_secs += t.elapsed().as_secs_f64();
             let n = batch.sample_count() as u32;
             let t = Instant::now();
-            spool.append(&StoredBatch { seq: batch.seq, class: Priority::Backfill, samples: n, events: 0, stored_ms: now_ms(), sealed }).unwrap();
+            spool
+                .append(&StoredBatch {
+                    seq: batch.seq,
+                    class: Priority::Backfill,
+                    samples: n,
+                    events: 0,
+                    stored_ms: now_ms(),
+                    sealed,
+                })
+                .unwrap();
             append_secs += t.elapsed().as_secs_f64();
             samples += u64::from(n);
         }
@@ -79,24 +89,36 @@ async fn main() {
     println!("# spool fill: {minutes} min of 10,000 points at 1 s");
     println!("samples spooled                  {samples}");
     println!("batches                          {}", stats.next_seq);
-    println!("append+flush                     {:.0} samples/s ({:.0} batches/s, mean flush {:.2} ms, max {:.2} ms)",
-        samples as f64 / append_secs, stats.next_seq as f64 / append_secs,
-        stats.flush_micros as f64 / stats.flushes.max(1) as f64 / 1000.0, stats.max_flush_micros as f64 / 1000.0);
+    println!(
+        "append+flush                     {:.0} samples/s ({:.0} batches/s, mean flush {:.2} ms, max {:.2} ms)",
+        samples as f64 / append_secs,
+        stats.next_seq as f64 / append_secs,
+        stats.flush_micros as f64 / stats.flushes.max(1) as f64 / 1000.0,
+        stats.max_flush_micros as f64 / 1000.0
+    );
     println!("generate+encode+sign             {:.0} samples/s", samples as f64 / seal_secs);
-    println!("stored bytes per sample          {:.3} (sealed batches + 16 B header each)", logical as f64 / samples as f64);
+    println!(
+        "stored bytes per sample          {:.3} (sealed batches + 16 B header each)",
+        logical as f64 / samples as f64
+    );
     println!("spool directory bytes per sample {:.3}", on_disk as f64 / samples as f64);
 
     // 2. A central stand-in that verifies and acks, recording when alarm batches arrive.
     let mut opts = MqttOptions::new("central", "127.0.0.1", park.broker.port());
     opts.set_max_packet_size(4 << 20, 4 << 20);
     opts.set_keep_alive(Duration::from_secs(10));
-    opts.set_transport(Transport::tls_with_config(support::tls(&park.pki.ca_file(), &park.central_tls.cert, &park.central_tls.key)));
+    opts.set_transport(Transport::tls_with_config(support::tls(
+        &park.pki.ca_file(),
+        &park.central_tls.cert,
+        &park.central_tls.key,
+    )));
     let (client, mut eventloop) = AsyncClient::new(opts, 10_000);
     let received = Arc::new(AtomicU64::new(0));
     let alarm_arrivals: Arc<Mutex<Vec<(i64, i64)>>> = Arc::default();
     let ready = Arc::new(AtomicBool::new(false));
     {
-        let (received, alarm_arrivals, ready, c) = (received.clone(), alarm_arrivals.clone(), ready.clone(), client.clone());
+        let (received, alarm_arrivals, ready, c) =
+            (received.clone(), alarm_arrivals.clone(), ready.clone(), client.clone());
         let gw_key = park.gateway_key.public_key();
         let central_key = park.central_key.clone();
         tokio::spawn(async move {
@@ -125,7 +147,13 @@ async fn main() {
                         // Ack at most every 20 ms (central acks in groups after its WAL group commit).
                         if last_ack.elapsed() > Duration::from_millis(20) || batch.class == Priority::AlarmEvent {
                             last_ack = Instant::now();
-                            let ack = Ack { gateway: topic.gateway.clone(), epoch: batch.epoch, acked: support::ranges(&seen), resend: vec![], central_ms: now_ms() };
+                            let ack = Ack {
+                                gateway: topic.gateway.clone(),
+                                epoch: batch.epoch,
+                                acked: support::ranges(&seen),
+                                resend: vec![],
+                                central_ms: now_ms(),
+                            };
                             let t = Topic::new(topic.enterprise, topic.gateway, Channel::DownAck).to_string();
                             let _ = c.try_publish(t, QoS::AtLeastOnce, false, ack.seal(&central_key).unwrap());
                         }
@@ -148,7 +176,11 @@ async fn main() {
     let config = UplinkConfig {
         host: "127.0.0.1".into(),
         port: park.broker.port(),
-        tls: Some(TlsFiles { ca_file: park.pki.ca_file(), cert_file: park.gateway_tls.cert.clone(), key_file: park.gateway_tls.key.clone() }),
+        tls: Some(TlsFiles {
+            ca_file: park.pki.ca_file(),
+            cert_file: park.gateway_tls.cert.clone(),
+            key_file: park.gateway_tls.key.clone(),
+        }),
         plaintext: false,
         central_keys: vec![park.central_key.public_key().to_text()],
         keepalive_s: 15,
@@ -157,7 +189,8 @@ async fn main() {
         resend_after_s: 20,
     };
     let enterprise = vigil_common::EnterpriseId::new(support::ENTERPRISE).unwrap();
-    let uplink = Uplink::new(config, &enterprise, &gateway, key.clone(), spool.clone(), online.clone(), stored.clone()).unwrap();
+    let uplink =
+        Uplink::new(config, &enterprise, &gateway, key.clone(), spool.clone(), online.clone(), stored.clone()).unwrap();
     let batcher = Batcher::new(
         BatcherConfig { gateway: gateway.clone(), max_age: Duration::from_millis(1000), max_samples: 5000 },
         key,
@@ -189,9 +222,12 @@ async fn main() {
     }
     let drain = t0.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let latencies: Vec<f64> = alarm_arrivals.lock().unwrap().iter().map(|(raised, got)| (got - raised) as f64).collect();
+    let latencies: Vec<f64> =
+        alarm_arrivals.lock().unwrap().iter().map(|(raised, got)| (got - raised) as f64).collect();
     println!();
-    println!("# drain after reconnect (window 64, backfill cap 1000 batches/s, TLS Mosquitto, central stand-in verifying every batch)");
+    println!(
+        "# drain after reconnect (window 64, backfill cap 1000 batches/s, TLS Mosquitto, central stand-in verifying every batch)"
+    );
     println!("drain time                       {drain:.1} s");
     println!("drain rate                       {:.0} samples/s", samples as f64 / drain);
     println!("alarms raised during drain       {alarms_sent}, delivered {}", latencies.len());

@@ -94,6 +94,9 @@ async fn sigkill_twenty_times_loses_and_duplicates_nothing() {
         .filter(|b| b.events.iter().any(|e| matches!(e.kind, vigil_common::EventKind::GatewayStarted { .. })))
         .count();
     assert!(starts >= 15, "start events of most runs arrived ({starts})");
+    // The broker announced the killed runs through the gateway's will.
+    assert!(r.states.iter().any(|s| !s.online), "death message (MQTT will) published after SIGKILL");
+    assert!(r.states.iter().any(|s| s.online), "birth message published");
 }
 
 fn sigterm(child: &Child) {

@@ -239,3 +239,51 @@ async fn the_broker_lets_a_gateway_publish_only_under_its_own_id() {
     assert!(r.batches.values().all(|b| b.gateway.as_str() == "gw-1"));
     assert_eq!(r.rejected, 0, "the foreign publish never reached central");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gaps_central_asks_for_are_sent_again_at_once() {
+    let park = Park::new();
+    let central = StandInCentral::start(&park).await;
+    *central.lose_once.lock().unwrap() = Some(5);
+    let (stop, agent) = start_agent(park.gateway_config(park.broker.port()));
+    assert!(
+        wait_for(20, || central.received.lock().unwrap().batches.keys().any(|(_, s)| *s == 5)).await,
+        "batch 5 arrives again"
+    );
+    stop_agent(stop, agent).await;
+    let r = central.received.lock().unwrap();
+    let (_, lost_at) = r.lost_once[0];
+    let epoch = *r.epochs().first().unwrap();
+    let again = r.arrived[&(epoch, 5)].duration_since(lost_at);
+    // The configured timeout is 3 s; the resend request brings it back long before that.
+    assert!(again < Duration::from_millis(1500), "re-sent after {again:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_are_executed_only_when_signed_by_central() {
+    use rumqttc::QoS;
+    use vigil_common::{Command, CommandAction};
+    let park = Park::new();
+    let central = StandInCentral::start(&park).await;
+    let (stop, agent) = start_agent(park.gateway_config(park.broker.port()));
+    assert!(wait_for(20, || !central.received.lock().unwrap().states.is_empty()).await, "birth");
+    let topic = "vigil/v1/ent-a/gw-1/down/cmd";
+    let cmd = |id| Command {
+        gateway: support::gateway_id(),
+        id,
+        issued_ms: vigil_edge::spool::now_ms(),
+        expires_ms: vigil_edge::spool::now_ms() + 60_000,
+        action: CommandAction::Ping,
+    };
+    let forged = cmd(1).seal(&vigil_common::SigningKey::generate().unwrap()).unwrap();
+    central.client.publish(topic, QoS::AtLeastOnce, false, forged).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(central.received.lock().unwrap().states.len(), 1, "a forged ping is ignored");
+    central.client.publish(topic, QoS::AtLeastOnce, false, cmd(2).seal(&park.central_key).unwrap()).await.unwrap();
+    assert!(wait_for(5, || central.received.lock().unwrap().states.len() == 2).await, "a signed ping is answered");
+    // Replaying the same signed command does nothing.
+    central.client.publish(topic, QoS::AtLeastOnce, false, cmd(2).seal(&park.central_key).unwrap()).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(central.received.lock().unwrap().states.len(), 2, "a replayed command is refused");
+    stop_agent(stop, agent).await;
+}

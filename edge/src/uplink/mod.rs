@@ -366,6 +366,9 @@ impl<S: Spool + 'static> Uplink<S> {
             }
             st.resend.retain(|s| !range.contains(*s));
         }
+        if !ack.resend.is_empty() {
+            tracing::debug!(ranges = ?ack.resend, "central asks for re-sends");
+        }
         queue_resend(st, &ack.resend);
     }
 

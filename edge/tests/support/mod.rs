@@ -120,6 +120,10 @@ pub struct Received {
     pub duplicates: u64,
     pub rejected: u64,
     pub states: Vec<vigil_common::GatewayState>,
+    /// Batches deliberately ignored once, and when.
+    pub lost_once: Vec<(u64, std::time::Instant)>,
+    /// When each (epoch, seq) first arrived.
+    pub arrived: BTreeMap<(u64, u64), std::time::Instant>,
 }
 
 impl Received {
@@ -149,6 +153,8 @@ pub fn ranges(seqs: &BTreeSet<u64>) -> Vec<SeqRange> {
 pub struct StandInCentral {
     pub received: Arc<Mutex<Received>>,
     pub acking: Arc<std::sync::atomic::AtomicBool>,
+    /// A sequence number to ignore the first time it arrives and ask for again in the ack's resend list.
+    pub lose_once: Arc<Mutex<Option<u64>>>,
     pub client: AsyncClient,
     task: tokio::task::JoinHandle<()>,
 }
@@ -172,9 +178,10 @@ impl StandInCentral {
         let (client, mut eventloop) = AsyncClient::new(opts, 1000);
         let received = Arc::new(Mutex::new(Received::default()));
         let acking = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let lose_once: Arc<Mutex<Option<u64>>> = Arc::default();
         let gateway_key: PublicKey = park.gateway_key.public_key();
         let central_key = park.central_key.clone();
-        let (rec, ack_on, c) = (received.clone(), acking.clone(), client.clone());
+        let (rec, ack_on, c, lose) = (received.clone(), acking.clone(), client.clone(), lose_once.clone());
         let task = tokio::spawn(async move {
             loop {
                 match eventloop.poll().await {
@@ -196,7 +203,20 @@ impl StandInCentral {
                             rec.lock().unwrap().rejected += 1;
                             continue;
                         };
-                        let epoch = batch.epoch;
+                        let (epoch, seq) = (batch.epoch, batch.seq);
+                        let lost = {
+                            let mut l = lose.lock().unwrap();
+                            if *l == Some(batch.seq) {
+                                *l = None;
+                                true
+                            } else {
+                                false
+                            }
+                        };
+                        if lost {
+                            rec.lock().unwrap().lost_once.push((batch.seq, std::time::Instant::now()));
+                            continue;
+                        }
                         let seqs = {
                             let mut r = rec.lock().unwrap();
                             match r.batches.entry((epoch, batch.seq)) {
@@ -205,14 +225,20 @@ impl StandInCentral {
                                     v.insert(batch);
                                 }
                             }
+                            if let std::collections::btree_map::Entry::Vacant(v) = r.arrived.entry((epoch, seq)) {
+                                v.insert(std::time::Instant::now());
+                            }
                             r.seqs(epoch)
                         };
                         if ack_on.load(std::sync::atomic::Ordering::SeqCst) {
+                            // Gaps below the highest sequence received are asked for again.
+                            let max = seqs.last().copied().unwrap_or(0);
+                            let gaps: BTreeSet<u64> = (0..max).filter(|s| !seqs.contains(s)).collect();
                             let ack = Ack {
                                 gateway: topic.gateway.clone(),
                                 epoch,
                                 acked: ranges(&seqs),
-                                resend: vec![],
+                                resend: ranges(&gaps),
                                 central_ms: 0,
                             };
                             let t = Topic::new(topic.enterprise, topic.gateway, Channel::DownAck).to_string();
@@ -224,7 +250,7 @@ impl StandInCentral {
                 }
             }
         });
-        StandInCentral { received, acking, client, task }
+        StandInCentral { received, acking, lose_once, client, task }
     }
 }
 
