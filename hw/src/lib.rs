@@ -1,5 +1,11 @@
 //! Gateway hardware behind `embedded-hal` 1.0 traits: digital inputs and outputs (camera alarm
-//! contact, local siren relay, status LED), RS485 direction control and the hardware watchdog.
-//!
-//! Nothing is implemented here yet: the drivers arrive with the gas-camera and gateway-hardware
-//! issue (#10). The crate exists so the workspace layout in `docs/ARCHITECTURE.md` is complete.
+//! contact, local siren relay, status LED), RS485 transceiver direction, and the hardware watchdog.
+//! Each has a Linux implementation (GPIO character device, `/dev/watchdog`) and an in-memory one that
+//! tests and simulators drive.
+
+pub mod gpio;
+pub mod rs485;
+pub mod watchdog;
+
+pub use gpio::{CdevIo, DigitalIo, HwError, InputBank, LineConfig, MemoryIo, MemoryPin, PinIo};
+pub use watchdog::{Heartbeat, LinuxWatchdog, MemoryWatchdog, Supervisor, Watchdog};
