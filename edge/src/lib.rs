@@ -7,6 +7,7 @@
 use vigil_common::{Event, PointId, Sample};
 
 pub mod config;
+pub mod pipeline;
 pub mod sources;
 pub mod spool;
 pub mod uplink;
