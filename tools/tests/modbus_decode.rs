@@ -13,7 +13,9 @@ use vigil_tools::sim::Sim;
 use vigil_tools::sim::rtu::RtuBus;
 
 /// (id, kind, type, order, extra keys, simulated engineering value, expected value)
-fn cases() -> Vec<(String, &'static str, &'static str, Option<&'static str>, &'static str, f64, Value)> {
+type Case = (String, &'static str, &'static str, Option<&'static str>, &'static str, f64, Value);
+
+fn cases() -> Vec<Case> {
     let mut v = Vec::new();
     for o in ["AB", "BA"] {
         v.push((format!("u16_{o}"), "holding", "u16", Some(o), "", 54321.0, Value::I64(54321)));
