@@ -241,3 +241,35 @@ fn check_command_prints_a_summary_or_refuses() {
         "{err}"
     );
 }
+
+#[test]
+fn read_command_prints_json_and_fails_when_a_device_fails() {
+    // a port nobody listens on
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let f = write(
+        dir.path(),
+        &format!(
+            "[[devices]]\nname = \"d\"\nprotocol = \"tcp\"\nhost = \"127.0.0.1\"\nport = {port}\ntimeout_ms = 300\n[[devices.points]]\nid = \"a\"\nkind = \"holding\"\naddress = 0\n"
+        ),
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vigil-edge"))
+        .args(["read", "--json", "--config"])
+        .arg(&f)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["failed_devices"], serde_json::json!(["d"]));
+    assert_eq!(v["samples"][0]["point"], "d.a");
+    assert_eq!(v["samples"][0]["quality"], "BadCommunicationError");
+    assert!(v["samples"][0]["ts_ms"].as_i64().unwrap() > 1_700_000_000_000);
+    // an unknown device is refused before anything is read
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vigil-edge"))
+        .args(["read", "--device", "nope", "--config"])
+        .arg(&f)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no device named \"nope\""));
+}
