@@ -225,3 +225,71 @@ async fn rtu_garbage_reopens_the_port_and_exceptions_are_bad_quality() {
     assert!(bus.bad_frames.load(Ordering::Relaxed) == 0, "the agent never sent a bad frame");
     run.shutdown().await;
 }
+
+#[tokio::test]
+async fn acquisition_stops_when_asked_or_when_the_stop_handle_is_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let (l, port) = common::listener().await;
+    let plant = common::plant(dir.path(), &tcp_device(port, 150));
+    let sim = Sim::new();
+    common::fill(&sim, &plant, &[0]);
+    let _srv = common::serve_tcp(l, sim);
+    let mut run = common::start(plant.clone());
+    run.sample(W, "plc.pt", |s| s.quality == Quality::GOOD).await;
+    let common::Running { rx, stop, task, .. } = run;
+    drop(stop);
+    tokio::time::timeout(Duration::from_secs(2), task).await.expect("stops without a stop handle").unwrap().unwrap();
+    drop(rx);
+    // and a closed record channel is an error, not a silent stop
+    let run = common::start(plant);
+    let common::Running { rx, stop, task, .. } = run;
+    drop(rx);
+    let r = tokio::time::timeout(Duration::from_secs(2), task).await.expect("stops when the receiver is gone").unwrap();
+    assert!(matches!(r, Err(vigil_edge::sources::AcquisitionError::ChannelClosed)), "{r:?}");
+    drop(stop);
+}
+
+#[tokio::test]
+async fn a_full_record_channel_applies_backpressure_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (l, port) = common::listener().await;
+    let plant = common::plant(
+        dir.path(),
+        &tcp_device(port, 300)
+            .replace("poll_ms = 100", "poll_ms = 20")
+            .replace("const 42.5", "sine 0 1000 0.3")
+            .replace("ramp 0 1000 100", "ramp 0 60000 1"),
+    );
+    let sim = Sim::new();
+    common::fill(&sim, &plant, &[0]);
+    let _srv = common::serve_tcp(l, sim);
+    let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+    let (stop, srx) = tokio::sync::watch::channel(false);
+    let metrics = Arc::new(Metrics::default());
+    let task = tokio::spawn(vigil_edge::sources::run_acquisition(Arc::new(plant), tx, srx, metrics.clone()));
+    // a slow consumer: 10 ms per record for 1 s, while the driver produces every 20 ms
+    let mut received = 0u64;
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(1) {
+        rx.recv().await.unwrap();
+        received += 1;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.send(true).unwrap();
+    while let Some(_r) = rx.recv().await {
+        received += 1;
+    }
+    task.await.unwrap().unwrap();
+    assert!(metrics.backpressure_waits.get() > 0, "{metrics}");
+    assert_eq!(
+        received,
+        metrics.samples_out.get() + metrics.events_out.get(),
+        "every record sent was received: {metrics}"
+    );
+    assert_eq!(
+        metrics.readings.get(),
+        metrics.samples_out.get() + metrics.suppressed.get(),
+        "every reading was reported or suppressed by deadband: {metrics}"
+    );
+    assert!(metrics.samples_out.get() > 100, "values move every poll, so most readings are reported: {metrics}");
+}

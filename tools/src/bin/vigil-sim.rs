@@ -65,7 +65,12 @@ async fn main() -> Result<()> {
         Command::Modbus { config, fault, bind } => modbus(&config, &fault, bind.as_deref(), stop).await?,
         Command::Levelling { link, sensors, failing, speed } => levelling(&link, sensors, failing, speed)?,
     };
-    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
+        _ = term.recv() => {}
+    }
     let _ = stop_tx.send(true);
     Ok(())
 }

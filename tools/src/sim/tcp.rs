@@ -26,7 +26,7 @@ pub async fn serve(listener: TcpListener, sim: Sim, mut shutdown: watch::Receive
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
-            _ = shutdown.changed() => if *shutdown.borrow() { return },
+            changed = shutdown.changed() => if changed.is_err() || *shutdown.borrow() { return },
         }
     }
 }

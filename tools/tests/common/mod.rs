@@ -63,6 +63,7 @@ pub fn serve_tcp(l: tokio::net::TcpListener, sim: Sim) -> watch::Sender<bool> {
 }
 
 /// Running acquisition with its record receiver.
+#[derive(Debug)]
 pub struct Running {
     pub rx: mpsc::Receiver<Record>,
     pub stop: watch::Sender<bool>,

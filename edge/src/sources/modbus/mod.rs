@@ -300,7 +300,13 @@ pub async fn run_channel(
         };
         tokio::select! {
             _ = tokio::time::sleep_until(slots[si].due) => {}
-            _ = shutdown.changed() => { continue; }
+            changed = shutdown.changed() => {
+                // A dropped sender means nobody can ask us to stop any more: stop now.
+                if changed.is_err() {
+                    return;
+                }
+                continue;
+            }
         }
         let slot = &mut slots[si];
         let st = &mut states[slot.dev];
