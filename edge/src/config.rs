@@ -628,6 +628,7 @@ pub fn resolve(config: Config, path: &Path) -> Result<Plant, ConfigErrors> {
     let mut names = HashSet::new();
     let mut profiles: BTreeMap<String, Result<ProfileFile, ()>> = BTreeMap::new();
     let mut rtu_units: HashSet<(usize, u8)> = HashSet::new();
+    let mut tcp_units: HashSet<(String, u16, u8)> = HashSet::new();
 
     for (di, d) in config.devices.iter().enumerate() {
         let dkey = format!("devices[{di}]");
@@ -648,7 +649,17 @@ pub fn resolve(config: Config, path: &Path) -> Result<Plant, ConfigErrors> {
                     ));
                 }
                 match &d.host {
-                    Some(h) if !h.is_empty() => Transport::Tcp { host: h.clone(), port: d.port.unwrap_or(502) },
+                    Some(h) if !h.is_empty() => {
+                        let port = d.port.unwrap_or(502);
+                        if !tcp_units.insert((h.clone(), port, d.unit)) {
+                            errors.push(err(
+                                path,
+                                format!("{dkey}.unit"),
+                                format!("unit {} at {h}:{port} is already another device", d.unit),
+                            ));
+                        }
+                        Transport::Tcp { host: h.clone(), port }
+                    }
                     _ => {
                         errors.push(err(
                             path,

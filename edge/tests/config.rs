@@ -195,6 +195,17 @@ fn buses_and_rtu_units() {
 }
 
 #[test]
+fn tcp_units_are_unique_per_endpoint() {
+    let pt = "[[devices.points]]\nid = \"a\"\nkind = \"input\"\naddress = 0\n";
+    let two = format!(
+        "{DEV}unit = 2\n{pt}[[devices]]\nname = \"e\"\nprotocol = \"tcp\"\nhost = \"127.0.0.1\"\nunit = 3\n{pt}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    config::load(&write(dir.path(), &two)).unwrap();
+    assert_error(&two.replace("unit = 3", "unit = 2"), "devices[1].unit", "already another device");
+}
+
+#[test]
 fn levelling_lines_reference_known_points() {
     let body = format!(
         "{DEV}[[devices.points]]\nid = \"r\"\nkind = \"input\"\naddress = 0\ntype = \"i32\"\nscale = 0.01\n\

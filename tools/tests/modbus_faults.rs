@@ -293,3 +293,44 @@ async fn a_full_record_channel_applies_backpressure_and_loses_nothing() {
     );
     assert!(metrics.samples_out.get() > 100, "values move every poll, so most readings are reported: {metrics}");
 }
+
+#[tokio::test]
+async fn the_inter_frame_gap_is_kept_between_requests_on_a_bus() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = Sim::new();
+    let bus = RtuBus::spawn(sim.clone()).unwrap();
+    // 2 units polled every 10 ms, 2 requests each (input and holding): without a gap the bus would
+    // carry hundreds of requests per second; a 50 ms gap allows at most 20.
+    let body = bus_body(&bus.path.display().to_string(), &[1, 2], 200, 10)
+        .replace("baud = 38400\n", "baud = 38400\nframe_gap_ms = 50\n");
+    let plant = common::plant(dir.path(), &body);
+    common::fill(&sim, &plant, &[0, 1]);
+    let run = common::start(plant);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let served = sim.served(1) + sim.served(2);
+    run.shutdown().await;
+    assert!((5..=21).contains(&served), "{served} requests in 1 s with a 50 ms gap");
+}
+
+#[tokio::test]
+async fn units_behind_one_tcp_gateway_share_a_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let (l, port) = common::listener().await;
+    let mut body = String::new();
+    for u in [1u8, 2] {
+        body += &tcp_device(port, 200)
+            .replace("name = \"plc\"", &format!("name = \"plc{u}\""))
+            .replace("unit = 1", &format!("unit = {u}"));
+    }
+    let plant = common::plant(dir.path(), &body);
+    let sim = Sim::new();
+    common::fill(&sim, &plant, &[0, 1]);
+    let _srv = common::serve_tcp(l, sim.clone());
+    let metrics = Arc::new(Metrics::default());
+    let records = read_once(Arc::new(plant), None, metrics.clone()).await.unwrap();
+    assert_eq!(metrics.connects.get(), 1, "one connection for both units: {metrics}");
+    for id in ["plc1.pt", "plc2.pt"] {
+        assert!(records.iter().any(|r| matches!(r, Record::Sample { point, sample } if point.as_str() == id && sample.quality == Quality::GOOD)), "{id}");
+    }
+    assert!(sim.served(1) >= 1 && sim.served(2) >= 1);
+}

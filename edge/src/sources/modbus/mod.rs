@@ -1,7 +1,7 @@
 //! The Modbus TCP/RTU driver.
 //!
-//! A *channel* owns one link and polls the devices behind it: a TCP device has a channel of its own,
-//! an RS485 bus is one channel shared by all the units on it, so requests on a bus are strictly one
+//! A *channel* owns one link and polls the devices behind it: a TCP endpoint (one device, or several
+//! units behind a TCP-to-RTU gateway) or an RS485 bus is one channel shared by all the units on it, so requests on a bus are strictly one
 //! at a time with the configured inter-frame gap. Every connect and every request runs under the
 //! device's timeout; after a timeout or a transport error the TCP connection is dropped or the serial
 //! port closed and reopened, because a late or garbled reply would otherwise be taken as the answer
@@ -473,16 +473,28 @@ fn decode_point(plant: &Plant, p: usize, start: u16, data: &Data, metrics: &Metr
     r
 }
 
-/// Groups the plant's devices into channels: one per TCP device, one per RTU bus.
+/// Groups the plant's devices into channels: one per TCP endpoint (host, port), one per RTU bus.
 pub fn channels(plant: &Plant, only: Option<&str>) -> Vec<(Endpoint, Vec<usize>)> {
     let mut out: Vec<(Endpoint, Vec<usize>)> = Vec::new();
     let mut bus_channel = std::collections::HashMap::new();
+    let mut tcp_channel = std::collections::HashMap::new();
     for (i, d) in plant.devices.iter().enumerate() {
         if only.is_some_and(|n| n != d.name) {
             continue;
         }
         match &d.transport {
-            Transport::Tcp { host, port } => out.push((Endpoint::Tcp(host.clone(), *port), vec![i])),
+            // Devices behind one TCP endpoint (units of a TCP-to-RTU gateway) share one connection and
+            // are polled one request at a time, like units on a bus.
+            Transport::Tcp { host, port } => match tcp_channel.get(&(host.clone(), *port)) {
+                Some(&ci) => {
+                    let ch: &mut (Endpoint, Vec<usize>) = &mut out[ci];
+                    ch.1.push(i);
+                }
+                None => {
+                    tcp_channel.insert((host.clone(), *port), out.len());
+                    out.push((Endpoint::Tcp(host.clone(), *port), vec![i]));
+                }
+            },
             Transport::Rtu { bus } => match bus_channel.get(bus) {
                 Some(&ci) => {
                     let ch: &mut (Endpoint, Vec<usize>) = &mut out[ci];
