@@ -11,7 +11,6 @@ use clap::{Args, Parser, Subcommand};
 use vigil_common::{EventKind, Value};
 use vigil_edge::Record;
 use vigil_edge::config::{self, Plant, RegisterKind, Transport};
-use vigil_edge::sources::modbus::codec::{ByteOrder, DataType, Raw, decode_registers};
 use vigil_edge::sources::modbus::{Data, Endpoint, Link};
 use vigil_edge::sources::{self, Metrics};
 
@@ -305,42 +304,9 @@ async fn scan(a: ScanArgs) -> Result<()> {
                 println!("{:>5}  {}", usize::from(a.start) + i, u8::from(*b));
             }
         }
-        Data::Registers(regs) => print_scan(a.start, &regs),
+        Data::Registers(regs) => print!("{}", vigil_edge::sources::modbus::scan::render(a.start, &regs)),
     }
     Ok(())
-}
-
-fn fmt_raw(r: Result<Raw, vigil_edge::sources::modbus::codec::DecodeError>) -> String {
-    match r {
-        Ok(Raw::Int(i)) => i.to_string(),
-        Ok(Raw::Float(f)) => format!("{f:.6e}"),
-        Ok(Raw::Bool(b)) => b.to_string(),
-        Err(_) => "-".into(),
-    }
-}
-
-fn print_scan(start: u16, regs: &[u16]) {
-    println!(
-        "addr(0-based)  hex     u16     i16    | 32-bit from this register: u32 / i32 / f32 in ABCD CDAB BADC DCBA"
-    );
-    for (i, r) in regs.iter().enumerate() {
-        let addr = usize::from(start) + i;
-        let u = decode_registers(&regs[i..], DataType::U16, ByteOrder::AB, None);
-        let s = decode_registers(&regs[i..], DataType::I16, ByteOrder::AB, None);
-        print!("{addr:>5} ({:>5})  {r:04X}  {:>6}  {:>6}", addr + 1, fmt_raw(u), fmt_raw(s));
-        if i + 1 < regs.len() {
-            for o in ByteOrder::WIDE {
-                let w = &regs[i..];
-                print!(
-                    "  | {o:?} {} / {} / {}",
-                    fmt_raw(decode_registers(w, DataType::U32, o, None)),
-                    fmt_raw(decode_registers(w, DataType::I32, o, None)),
-                    fmt_raw(decode_registers(w, DataType::F32, o, None))
-                );
-            }
-        }
-        println!();
-    }
 }
 
 fn proc_figures() -> (f64, u64) {

@@ -9,6 +9,7 @@
 
 pub mod codec;
 pub mod plan;
+pub mod scan;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
