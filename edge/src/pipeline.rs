@@ -13,7 +13,7 @@
 
 use std::collections::VecDeque;
 
-use vigil_common::{ClockQuality, Event, PointId, Quality, Sample, Value};
+use vigil_common::{ClockQuality, Event, PointId, Quality, Sample, Severity, Value};
 
 use crate::Record;
 use crate::config::{Plant, PointSpec};
@@ -277,7 +277,8 @@ impl Pipeline {
         let settlement = (reading - m.initial) - (base_v - line.base_initial);
         // Round to the sensors' resolution (0.01 mm) so float noise does not pass as change.
         let settlement = (settlement * 100.0).round() / 100.0;
-        let good = quality.is_good();
+        // Uncertain inputs (e.g. out of range) still give a value, marked uncertain; bad ones do not.
+        let usable = quality.severity() != Severity::Bad;
         let emit = |id: &PointId, f: &mut Filter, v: f64, q: Quality, out: &mut Vec<Record>| {
             let value = Value::F64(v);
             if self.report_all || f.pass(&value, q, ts) {
@@ -289,13 +290,19 @@ impl Pipeline {
                 metrics.suppressed.inc();
             }
         };
-        emit(&m.settlement_id, &mut m.settlement, if good { settlement } else { 0.0 }, quality, out);
-        if good {
+        emit(&m.settlement_id, &mut m.settlement, if usable { settlement } else { 0.0 }, quality, out);
+        if quality.is_good() {
             m.window.push(ts, settlement);
         }
-        match (good, m.window.rate(ts, settlement)) {
+        match (usable, m.window.rate(ts, settlement)) {
             (true, Some((rate, full))) => {
-                let q = if full { Quality::GOOD } else { Quality::UNCERTAIN };
+                let q = if !quality.is_good() {
+                    quality
+                } else if full {
+                    Quality::GOOD
+                } else {
+                    Quality::UNCERTAIN
+                };
                 emit(&m.rate_id, &mut m.rate, (rate * 1000.0).round() / 1000.0, q, out);
             }
             (true, None) => {}

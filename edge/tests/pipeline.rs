@@ -52,6 +52,7 @@ address = 2
 type = "i32"
 scale = 0.01
 unit = "mm"
+range = [0.0, 600.0]
 deadband = 0.01
 
 [[devices.points]]
@@ -183,6 +184,13 @@ fn settlement_and_rate_match_a_hand_calculation() {
     assert_eq!(find(&out, "d.m:settlement"), Some((-1.75, Quality::GOOD)));
     let out = p.feed("d.m", t0 + DAY + 60_000, Ok(Raw::Int(19_845)));
     assert!(find(&out, "d.m:settlement").is_some_and(|(_, q)| q.severity() == vigil_common::Severity::Bad), "{out:?}");
+
+    // measuring point uncertain (outside its range): derived values computed, marked uncertain
+    // (range [0, 600] mm: 650.00 is outside): (650 - 200) - (100.20 - 100) = 449.80
+    p.feed("d.base", t0 + DAY + 60_500, Ok(Raw::Int(10_020)));
+    let out = p.feed("d.m", t0 + DAY + 60_500, Ok(Raw::Int(65_000)));
+    assert_eq!(find(&out, "d.m"), Some((650.0, Quality::UNCERTAIN_EU_EXCEEDED)));
+    assert_eq!(find(&out, "d.m:settlement"), Some((449.8, Quality::UNCERTAIN_EU_EXCEEDED)));
 
     // measuring point bad: derived bad with its reason
     p.feed("d.base", t0 + DAY + 61_000, Ok(Raw::Int(10_020)));

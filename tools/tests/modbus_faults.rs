@@ -334,3 +334,34 @@ async fn units_behind_one_tcp_gateway_share_a_connection() {
     }
     assert!(sim.served(1) >= 1 && sim.served(2) >= 1);
 }
+
+#[tokio::test]
+async fn a_nan_from_the_device_is_a_decoding_error_not_a_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let (l, port) = common::listener().await;
+    let plant = common::plant(dir.path(), &tcp_device(port, 300));
+    let sim = Sim::new();
+    common::fill(&sim, &plant, &[0]);
+    // A register the simulator's waveforms do not drive (inside the device's map), read as f32.
+    let agent = common::plant(
+        dir.path(),
+        &format!(
+            "{}[[devices.points]]\nid = \"raw\"\nkind = \"holding\"\naddress = 20\ntype = \"f32\"\n",
+            tcp_device(port, 300)
+        ),
+    );
+    sim.units().get_mut(&1).unwrap().set_register(vigil_edge::config::RegisterKind::Holding, 20, 0x7FC0);
+    let _srv = common::serve_tcp(l, sim);
+    let records = read_once(Arc::new(agent), None, Arc::new(Metrics::default())).await.unwrap();
+    let q = |id: &str| {
+        records
+            .iter()
+            .find_map(|r| match r {
+                Record::Sample { point, sample } if point.as_str() == id => Some(sample.quality),
+                _ => None,
+            })
+            .unwrap()
+    };
+    assert_eq!(q("plc.raw"), Quality::BAD_DECODING_ERROR);
+    assert_eq!(q("plc.pt"), Quality::GOOD, "the other points of the same request are fine");
+}
