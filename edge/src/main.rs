@@ -124,7 +124,7 @@ fn main() -> Result<()> {
             let key = vigil_common::keyfile::load(&key).context("reading the gateway key")?;
             println!("{}", key.public_key().to_text());
         }
-        Command::Check(c) => check(&load(&c.config)?),
+        Command::Check(c) => check(&load(&c.config)?)?,
         Command::Read { config, device, json: _ } => {
             let plant = load(&config.config)?;
             if let Some(d) = &device
@@ -163,9 +163,12 @@ fn load(path: &Path) -> Result<Plant> {
     config::load(path).map_err(|e| anyhow!("{e}\nnothing was started"))
 }
 
-fn check(plant: &Plant) {
+fn check(plant: &Plant) -> Result<()> {
+    use std::fmt::Write as _;
+    let mut o = String::new();
     let requests: usize = plant.devices.iter().map(|d| d.requests.len()).sum();
-    println!(
+    let _ = writeln!(
+        o,
         "{}: OK: {} device(s), {} bus(es), {} point(s), {} planned request(s), {} levelling line(s)",
         plant.file.display(),
         plant.devices.len(),
@@ -175,13 +178,18 @@ fn check(plant: &Plant) {
         plant.levelling.len()
     );
     for b in &plant.buses {
-        println!(
-            "bus {} {} {} baud {:?} {}{} gap {:.2} ms",
+        let _ = writeln!(
+            o,
+            "bus {} {} {} baud {}{}{} gap {:.2} ms",
             b.name,
             b.path.display(),
             b.baud,
-            b.parity,
             b.data_bits,
+            match b.parity {
+                config::Parity::None => 'N',
+                config::Parity::Even => 'E',
+                config::Parity::Odd => 'O',
+            },
             b.stop_bits,
             b.frame_gap().as_secs_f64() * 1000.0
         );
@@ -191,7 +199,8 @@ fn check(plant: &Plant) {
             Transport::Tcp { host, port } => format!("tcp {host}:{port}"),
             Transport::Rtu { bus } => format!("rtu {}", plant.buses[*bus].name),
         };
-        println!(
+        let _ = writeln!(
+            o,
             "device {} ({at} unit {}) profile {} points {} timeout {} ms retries {}",
             d.name,
             d.unit,
@@ -201,7 +210,8 @@ fn check(plant: &Plant) {
             d.retries
         );
         for r in &d.requests {
-            println!(
+            let _ = writeln!(
+                o,
                 "  read {} {}+{} every {} ms: {} point(s)",
                 r.kind.name(),
                 r.start,
@@ -212,7 +222,18 @@ fn check(plant: &Plant) {
         }
     }
     for l in &plant.levelling {
-        println!("levelling {} base {} points {}", l.name, plant.points[l.base].id, l.points.len());
+        let _ = writeln!(o, "levelling {} base {} points {}", l.name, plant.points[l.base].id, l.points.len());
+    }
+    emit(&o)
+}
+
+/// Writes to stdout; a closed pipe (`| head`) ends the output quietly instead of panicking.
+fn emit(text: &str) -> Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e).context("writing to stdout"),
+        _ => Ok(()),
     }
 }
 
@@ -253,7 +274,7 @@ async fn read(plant: Plant, device: Option<String>) -> Result<bool> {
         }
     }
     let out = serde_json::json!({ "samples": samples, "events": events, "failed_devices": failed });
-    println!("{}", serde_json::to_string_pretty(&out).context("printing JSON")?);
+    emit(&(serde_json::to_string_pretty(&out).context("printing JSON")? + "\n"))?;
     Ok(!failed.is_empty())
 }
 
@@ -300,11 +321,14 @@ async fn scan(a: ScanArgs) -> Result<()> {
         .map_err(|f| anyhow!("unit {} {} {}+{}: {f}", a.unit, kind.name(), a.start, a.count))?;
     match data {
         Data::Bits(bits) => {
-            for (i, b) in bits.iter().enumerate() {
-                println!("{:>5}  {}", usize::from(a.start) + i, u8::from(*b));
-            }
+            let text: String = bits
+                .iter()
+                .enumerate()
+                .map(|(i, b)| format!("{:>5}  {}\n", usize::from(a.start) + i, u8::from(*b)))
+                .collect();
+            emit(&text)?;
         }
-        Data::Registers(regs) => print!("{}", vigil_edge::sources::modbus::scan::render(a.start, &regs)),
+        Data::Registers(regs) => emit(&vigil_edge::sources::modbus::scan::render(a.start, &regs))?,
     }
     Ok(())
 }
@@ -350,12 +374,11 @@ async fn acquire(plant: Plant, duration: Duration) -> Result<()> {
     let records = drain.await.context("drain task")?;
     let (cpu1, hwm_kb) = proc_figures();
     let secs = started.elapsed().as_secs_f64();
-    println!("points={points} seconds={secs:.1} records={records} {metrics}");
-    println!(
-        "cpu_seconds={:.2} cpu_percent_of_one_core={:.2} peak_rss_mb={:.1}",
+    emit(&format!(
+        "points={points} seconds={secs:.1} records={records} {metrics}\ncpu_seconds={:.2} cpu_percent_of_one_core={:.2} peak_rss_mb={:.1}\n",
         cpu1 - cpu0,
         100.0 * (cpu1 - cpu0) / secs,
         hwm_kb as f64 / 1024.0
-    );
+    ))?;
     Ok(())
 }
