@@ -9,15 +9,16 @@ use anyhow::{Context, Result};
 use tokio::sync::{Notify, mpsc, watch};
 use vigil_common::{ClockQuality, Event, EventKind, TimeSource};
 
-use crate::config::Config;
+use crate::config::Plant;
 use crate::spool::{Batcher, BatcherConfig, OpenOutcome, SledSpool, now_ms};
 use crate::uplink::Uplink;
 
 /// Capacity of the channel from the sources to the batcher.
 const RECORD_CHANNEL: usize = 50_000;
 
-/// Runs the agent until `shutdown` turns true.
-pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<()> {
+/// Runs the agent on a validated configuration until `shutdown` turns true.
+pub async fn run(plant: Arc<Plant>, shutdown: watch::Receiver<bool>) -> Result<()> {
+    let config = &plant.config;
     let key = vigil_common::keyfile::load(&config.gateway.key_file).context("gateway signing key")?;
     let (spool, outcome) =
         SledSpool::open(&config.spool.path, config.spool.budget_bytes).context("opening the spool")?;
@@ -65,6 +66,9 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<()> 
     let batcher_task = tokio::spawn(batcher.run(rx));
     let system_task =
         tokio::spawn(crate::sources::system::run(config.system.clone(), spool.clone(), tx.clone(), shutdown.clone()));
+    let metrics = Arc::new(crate::sources::Metrics::default());
+    let acquisition_task = (!plant.devices.is_empty())
+        .then(|| tokio::spawn(crate::sources::run_acquisition(plant.clone(), tx.clone(), shutdown.clone(), metrics)));
     drop(tx);
     let uplink_task = uplink.map(|u| tokio::spawn(u.run(shutdown.clone())));
     tracing::info!(gateway = %config.gateway.id, "agent running");
@@ -76,6 +80,13 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<()> 
         }
     }
     let _ = system_task.await;
+    if let Some(t) = acquisition_task {
+        match t.await {
+            Ok(Err(e)) => tracing::error!(error = %e, "acquisition ended with an error"),
+            Err(e) => tracing::error!(error = %e, "acquisition task failed"),
+            Ok(Ok(())) => {}
+        }
+    }
     let _ = batcher_task.await;
     if let Some(t) = uplink_task {
         let _ = t.await;

@@ -1,9 +1,19 @@
-//! `vigil-edge`: the gateway agent (`run`) and the technician's tools.
+//! `vigil-edge`: the gateway agent (`run`), key provisioning, and the technician commands for
+//! acquisition: `check` (validate a configuration), `read` (one read cycle as JSON), `scan modbus`
+//! (raw registers with every plausible interpretation) and `acquire` (run acquisition alone and print
+//! counters).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
-use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
+use anyhow::{Context, Result, anyhow, bail};
+use clap::{Args, Parser, Subcommand};
+use vigil_common::{EventKind, Value};
+use vigil_edge::Record;
+use vigil_edge::config::{self, Plant, RegisterKind, Transport};
+use vigil_edge::sources::modbus::{Data, Endpoint, Link};
+use vigil_edge::sources::{self, Metrics};
 
 /// Vigil gateway agent.
 #[derive(Parser)]
@@ -33,10 +43,86 @@ enum Command {
         #[arg(long, default_value = "gateway.key")]
         key: PathBuf,
     },
+    /// Validate a configuration and print its devices, points and planned requests.
+    Check(ConfigArg),
+    /// Read every point once and print value, quality and timestamp; exit 1 if a device failed.
+    Read {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Only this device.
+        #[arg(long)]
+        device: Option<String>,
+        /// Print JSON (the default and only format today; accepted for scripts).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Dump raw registers of a device with each plausible interpretation.
+    Scan {
+        #[command(subcommand)]
+        what: ScanWhat,
+    },
+    /// Run acquisition alone for a while, discarding the records, and print counters, CPU time and
+    /// peak memory (commissioning and benchmarks).
+    Acquire {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// How long to run, in seconds.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
+}
+
+#[derive(Args)]
+struct ConfigArg {
+    /// The gateway configuration file.
+    #[arg(long)]
+    config: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum ScanWhat {
+    /// Modbus TCP or RTU.
+    Modbus(ScanArgs),
+}
+
+#[derive(Args)]
+struct ScanArgs {
+    /// Modbus TCP device, HOST:PORT.
+    #[arg(long, conflicts_with = "rtu", required_unless_present = "rtu")]
+    tcp: Option<String>,
+    /// Serial port of a Modbus RTU bus.
+    #[arg(long)]
+    rtu: Option<PathBuf>,
+    /// Baud rate (RTU).
+    #[arg(long, default_value_t = 9600)]
+    baud: u32,
+    /// Parity (RTU): none, even, odd.
+    #[arg(long, default_value = "none")]
+    parity: String,
+    /// Unit (slave) id.
+    #[arg(long, default_value_t = 1)]
+    unit: u8,
+    /// First address (0-based protocol address).
+    #[arg(long, default_value_t = 0)]
+    start: u16,
+    /// Number of registers (1..=125).
+    #[arg(long, default_value_t = 10)]
+    count: u16,
+    /// Register area: holding, input, coil, discrete_input.
+    #[arg(long, default_value = "holding")]
+    kind: String,
+    /// Timeout in ms.
+    #[arg(long, default_value_t = 1000)]
+    timeout_ms: u64,
 }
 
 fn main() -> Result<()> {
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    if !matches!(cli.command, Command::Keygen { .. } | Command::Pubkey { .. }) {
+        // The agent reports its life at info; the technician commands stay quiet unless asked.
+        tracing_subscriber_init(if matches!(cli.command, Command::Run { .. }) { "info" } else { "warn" });
+    }
+    match cli.command {
         Command::Run { config } => run(&config)?,
         Command::Keygen { out } => {
             let key = vigil_common::keyfile::create(&out).context("creating the gateway key")?;
@@ -47,26 +133,274 @@ fn main() -> Result<()> {
             let key = vigil_common::keyfile::load(&key).context("reading the gateway key")?;
             println!("{}", key.public_key().to_text());
         }
+        Command::Check(c) => check(&load(&c.config)?)?,
+        Command::Read { config, device, json: _ } => {
+            let plant = load(&config.config)?;
+            if let Some(d) = &device
+                && !plant.devices.iter().any(|x| &x.name == d)
+            {
+                bail!("{}: no device named {d:?}", config.config.display());
+            }
+            let failed = runtime()?.block_on(read(plant, device))?;
+            if failed {
+                std::process::exit(1);
+            }
+        }
+        Command::Scan { what: ScanWhat::Modbus(a) } => runtime()?.block_on(scan(a))?,
+        Command::Acquire { config, seconds } => {
+            let plant = load(&config.config)?;
+            runtime()?.block_on(acquire(plant, Duration::from_secs(seconds)))?;
+        }
     }
     Ok(())
 }
 
-fn run(path: &std::path::Path) -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
+fn tracing_subscriber_init(default_level: &str) {
+    // Logs go to stderr so `read --json` output stays machine-readable. RUST_LOG selects the level.
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| default_level.into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
-        .init();
-    let config = vigil_edge::config::Config::load(path)?;
+        .try_init();
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the async runtime")
+}
+
+fn load(path: &Path) -> Result<Plant> {
+    config::load(path).map_err(|e| anyhow!("{e}\nnothing was started"))
+}
+
+fn check(plant: &Plant) -> Result<()> {
+    use std::fmt::Write as _;
+    let mut o = String::new();
+    let requests: usize = plant.devices.iter().map(|d| d.requests.len()).sum();
+    let _ = writeln!(
+        o,
+        "{}: OK: {} device(s), {} bus(es), {} point(s), {} planned request(s), {} levelling line(s)",
+        plant.file.display(),
+        plant.devices.len(),
+        plant.buses.len(),
+        plant.points.len(),
+        requests,
+        plant.levelling.len()
+    );
+    for b in &plant.buses {
+        let _ = writeln!(
+            o,
+            "bus {} {} {} baud {}{}{} gap {:.2} ms",
+            b.name,
+            b.path.display(),
+            b.baud,
+            b.data_bits,
+            match b.parity {
+                config::Parity::None => 'N',
+                config::Parity::Even => 'E',
+                config::Parity::Odd => 'O',
+            },
+            b.stop_bits,
+            b.frame_gap().as_secs_f64() * 1000.0
+        );
+    }
+    for d in &plant.devices {
+        let at = match &d.transport {
+            Transport::Tcp { host, port } => format!("tcp {host}:{port}"),
+            Transport::Rtu { bus } => format!("rtu {}", plant.buses[*bus].name),
+        };
+        let _ = writeln!(
+            o,
+            "device {} ({at} unit {}) profile {} points {} timeout {} ms retries {}",
+            d.name,
+            d.unit,
+            d.profile.as_deref().unwrap_or("-"),
+            d.points.len(),
+            d.timeout.as_millis(),
+            d.retries
+        );
+        for r in &d.requests {
+            let _ = writeln!(
+                o,
+                "  read {} {}+{} every {} ms: {} point(s)",
+                r.kind.name(),
+                r.start,
+                r.count,
+                r.poll.as_millis(),
+                r.points.len()
+            );
+        }
+    }
+    for l in &plant.levelling {
+        let _ = writeln!(o, "levelling {} base {} points {}", l.name, plant.points[l.base].id, l.points.len());
+    }
+    emit(&o)
+}
+
+/// Writes to stdout; a closed pipe (`| head`) ends the output quietly instead of panicking.
+fn emit(text: &str) -> Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e).context("writing to stdout"),
+        _ => Ok(()),
+    }
+}
+
+fn value_json(v: &Value) -> serde_json::Value {
+    match v {
+        Value::F64(f) => serde_json::json!(f),
+        Value::I64(i) => serde_json::json!(i),
+        Value::Bool(b) => serde_json::json!(b),
+        Value::Text(t) => serde_json::json!(t),
+    }
+}
+
+async fn read(plant: Plant, device: Option<String>) -> Result<bool> {
+    let metrics = Arc::new(Metrics::default());
+    let plant = Arc::new(plant);
+    let records = sources::read_once(plant.clone(), device.as_deref(), metrics).await?;
+    let units: std::collections::HashMap<&str, &str> =
+        plant.points.iter().map(|p| (p.id.as_str(), p.unit.as_str())).collect();
+    let mut samples = Vec::new();
+    let mut events = Vec::new();
+    let mut failed = Vec::new();
+    for r in &records {
+        match r {
+            Record::Sample { point, sample } => samples.push(serde_json::json!({
+                "point": point.as_str(),
+                "value": value_json(&sample.value),
+                "unit": units.get(point.as_str()).copied().unwrap_or(""),
+                "quality": sample.quality.to_string(),
+                "quality_code": sample.quality.0,
+                "ts_ms": sample.ts_ms,
+            })),
+            Record::Event(e) => {
+                if let EventKind::DeviceOffline { device, .. } = &e.kind {
+                    failed.push(device.clone());
+                }
+                events.push(serde_json::json!({ "ts_ms": e.ts_ms, "event": format!("{:?}", e.kind) }));
+            }
+        }
+    }
+    let out = serde_json::json!({ "samples": samples, "events": events, "failed_devices": failed });
+    emit(&(serde_json::to_string_pretty(&out).context("printing JSON")? + "\n"))?;
+    Ok(!failed.is_empty())
+}
+
+fn parse_kind(s: &str) -> Result<RegisterKind> {
+    Ok(match s {
+        "holding" => RegisterKind::Holding,
+        "input" => RegisterKind::Input,
+        "coil" => RegisterKind::Coil,
+        "discrete_input" => RegisterKind::DiscreteInput,
+        _ => bail!("--kind must be holding, input, coil or discrete_input, not {s:?}"),
+    })
+}
+
+async fn scan(a: ScanArgs) -> Result<()> {
+    let kind = parse_kind(&a.kind)?;
+    let limit = if kind.is_bits() { 2000 } else { 125 };
+    if a.count == 0 || a.count > limit || u32::from(a.start) + u32::from(a.count) > 65_536 {
+        bail!("--count must be 1..={limit} and the range must end by address 65535");
+    }
+    let endpoint = match (&a.tcp, &a.rtu) {
+        (Some(t), None) => {
+            let (host, port) = t.rsplit_once(':').with_context(|| format!("--tcp {t:?}: expected HOST:PORT"))?;
+            Endpoint::Tcp(
+                host.trim_matches(['[', ']']).to_string(),
+                port.parse().with_context(|| format!("--tcp {t:?}: bad port"))?,
+            )
+        }
+        (None, Some(path)) => {
+            let toml = format!(
+                "name = \"scan\"\npath = {:?}\nbaud = {}\nparity = {:?}\n",
+                path.display().to_string(),
+                a.baud,
+                a.parity
+            );
+            Endpoint::Rtu(toml::from_str(&toml).with_context(|| "--rtu/--baud/--parity")?)
+        }
+        _ => bail!("give exactly one of --tcp HOST:PORT or --rtu PATH"),
+    };
+    let metrics = Arc::new(Metrics::default());
+    let mut link = Link::new(endpoint, metrics);
+    let data = link
+        .read(a.unit, kind, a.start, a.count, Duration::from_millis(a.timeout_ms.clamp(1, 60_000)))
+        .await
+        .map_err(|f| anyhow!("unit {} {} {}+{}: {f}", a.unit, kind.name(), a.start, a.count))?;
+    match data {
+        Data::Bits(bits) => {
+            let text: String = bits
+                .iter()
+                .enumerate()
+                .map(|(i, b)| format!("{:>5}  {}\n", usize::from(a.start) + i, u8::from(*b)))
+                .collect();
+            emit(&text)?;
+        }
+        Data::Registers(regs) => emit(&vigil_edge::sources::modbus::scan::render(a.start, &regs))?,
+    }
+    Ok(())
+}
+
+fn proc_figures() -> (f64, u64) {
+    // /proc/self/stat fields 14 and 15 are user and system time in USER_HZ (100 on Linux).
+    let cpu = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / 100.0)
+        })
+        .unwrap_or(f64::NAN);
+    let hwm = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0);
+    (cpu, hwm)
+}
+
+async fn acquire(plant: Plant, duration: Duration) -> Result<()> {
+    let metrics = Arc::new(Metrics::default());
+    let (tx, mut rx) = tokio::sync::mpsc::channel(4096);
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let points = plant.points.len();
+    let run = tokio::spawn(sources::run_acquisition(Arc::new(plant), tx, stop, metrics.clone()));
+    let drain = tokio::spawn(async move {
+        let mut n = 0u64;
+        while rx.recv().await.is_some() {
+            n += 1;
+        }
+        n
+    });
+    let (cpu0, _) = proc_figures();
+    let started = std::time::Instant::now();
+    tokio::select! {
+        _ = tokio::time::sleep(duration) => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    let _ = stop_tx.send(true);
+    run.await.context("acquisition task")??;
+    let records = drain.await.context("drain task")?;
+    let (cpu1, hwm_kb) = proc_figures();
+    let secs = started.elapsed().as_secs_f64();
+    emit(&format!(
+        "points={points} seconds={secs:.1} records={records} {metrics}\ncpu_seconds={:.2} cpu_percent_of_one_core={:.2} peak_rss_mb={:.1}\n",
+        cpu1 - cpu0,
+        100.0 * (cpu1 - cpu0) / secs,
+        hwm_kb as f64 / 1024.0
+    ))?;
+    Ok(())
+}
+
+fn run(path: &Path) -> Result<()> {
+    let plant = Arc::new(load(path)?);
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().context("tokio runtime")?;
     runtime.block_on(async {
         let (stop, shutdown) = tokio::sync::watch::channel(false);
         let mut term =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("SIGTERM handler")?;
-        let mut agent = tokio::spawn(vigil_edge::agent::run(config, shutdown));
+        let mut agent = tokio::spawn(vigil_edge::agent::run(plant, shutdown));
         tokio::select! {
             finished = &mut agent => return finished.context("agent task")?,
             _ = tokio::signal::ctrl_c() => {}

@@ -13,11 +13,9 @@ use vigil_common::{EventKind, Priority};
 use vigil_edge::spool::{SledSpool, Spool};
 use vigil_tools::faultproxy::FaultProxy;
 
-fn start_agent(
-    config: vigil_edge::config::Config,
-) -> (watch::Sender<bool>, tokio::task::JoinHandle<anyhow::Result<()>>) {
+fn start_agent(plant: vigil_edge::config::Plant) -> (watch::Sender<bool>, tokio::task::JoinHandle<anyhow::Result<()>>) {
     let (stop, shutdown) = watch::channel(false);
-    (stop, tokio::spawn(vigil_edge::agent::run(config, shutdown)))
+    (stop, tokio::spawn(vigil_edge::agent::run(std::sync::Arc::new(plant), shutdown)))
 }
 
 async fn stop_agent(stop: watch::Sender<bool>, agent: tokio::task::JoinHandle<anyhow::Result<()>>) {

@@ -4,4 +4,5 @@
 pub mod broker;
 pub mod faultproxy;
 pub mod pki;
+pub mod sim;
 pub mod workload;

@@ -36,6 +36,30 @@ pub struct SpoolConfig {
     pub batch_max_samples: usize,
 }
 
+impl SpoolConfig {
+    /// Problems with these settings, as (key, problem).
+    pub fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        if self.budget_bytes < 1 << 20 {
+            out.push((
+                "budget_bytes",
+                format!("{} is below 1 MiB; the spool could not hold one batch", self.budget_bytes),
+            ));
+        }
+        if !(10..=3_600_000).contains(&self.batch_max_age_ms) {
+            out.push(("batch_max_age_ms", format!("{} is outside 10..=3600000", self.batch_max_age_ms)));
+        }
+        let max = vigil_common::batch::MAX_SAMPLES_PER_BATCH;
+        if !(1..=max).contains(&self.batch_max_samples) {
+            out.push((
+                "batch_max_samples",
+                format!("{} is outside 1..={max} (central refuses larger batches)", self.batch_max_samples),
+            ));
+        }
+        out
+    }
+}
+
 fn default_budget() -> u64 {
     1 << 30
 }

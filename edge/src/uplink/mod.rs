@@ -65,6 +65,51 @@ pub struct TlsFiles {
     pub key_file: PathBuf,
 }
 
+impl UplinkConfig {
+    /// Problems with these settings, as (key, problem); files are checked for existence and, for
+    /// the private key, owner-only permissions.
+    pub fn problems(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        if self.central_keys.is_empty() {
+            out.push(("central_keys".into(), "is empty: acks and commands could not be verified".into()));
+        }
+        for (i, k) in self.central_keys.iter().enumerate() {
+            if let Err(e) = PublicKey::from_text(k) {
+                out.push((format!("central_keys[{i}]"), e.to_string()));
+            }
+        }
+        match (&self.tls, self.plaintext) {
+            (None, false) => out.push(("tls".into(), "missing (set plaintext = true only for a lab broker)".into())),
+            (Some(_), true) => out.push(("plaintext".into(), "true while [uplink.tls] is given; choose one".into())),
+            _ => {}
+        }
+        if let Some(tls) = &self.tls {
+            for (key, path) in
+                [("tls.ca_file", &tls.ca_file), ("tls.cert_file", &tls.cert_file), ("tls.key_file", &tls.key_file)]
+            {
+                if !path.exists() {
+                    out.push((key.into(), format!("{} does not exist", path.display())));
+                }
+            }
+            if tls.key_file.exists()
+                && let Err(e) = vigil_common::keyfile::check_owner_only(&tls.key_file)
+            {
+                out.push(("tls.key_file".into(), e.to_string()));
+            }
+        }
+        if self.window == 0 || self.window > 1000 {
+            out.push(("window".into(), format!("{} is outside 1..=1000", self.window)));
+        }
+        if self.backfill_batches_per_s == 0 {
+            out.push(("backfill_batches_per_s".into(), "must be at least 1".into()));
+        }
+        if !(5..=600).contains(&self.keepalive_s) {
+            out.push(("keepalive_s".into(), format!("{} is outside 5..=600", self.keepalive_s)));
+        }
+        out
+    }
+}
+
 fn default_keepalive() -> u64 {
     15
 }

@@ -11,7 +11,7 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Tr
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use vigil_common::{Ack, Batch, Channel, GatewayId, PublicKey, SeqRange, SigningKey, Topic};
-use vigil_edge::config::Config;
+use vigil_edge::config::Plant;
 use vigil_tools::broker::Mosquitto;
 use vigil_tools::pki::{Issued, Pki};
 
@@ -50,7 +50,7 @@ impl Park {
     }
 
     /// A gateway configuration reaching the broker at `port` (the broker's, or a proxy's).
-    pub fn gateway_config(&self, port: u16) -> Config {
+    pub fn gateway_config(&self, port: u16) -> Plant {
         let text = format!(
             r#"
 [gateway]
@@ -88,7 +88,7 @@ key_file = "{tlskey}"
         );
         let path = self.dir.path().join("gateway.toml");
         std::fs::write(&path, text).unwrap();
-        Config::load(&path).unwrap()
+        vigil_edge::config::load(&path).unwrap()
     }
 
     pub fn config_file(&self) -> PathBuf {
