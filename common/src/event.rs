@@ -77,6 +77,17 @@ pub enum EventKind {
         /// Reason of the start as far as known (power-on, watchdog, update, manual).
         reason: String,
     },
+    /// A local annunciation rule switched its output (siren, beacon) on or off at the site.
+    LocalAlarm {
+        /// The rule's name in the gateway configuration.
+        rule: String,
+        /// The output it drives.
+        output: String,
+        /// The output's new state.
+        on: bool,
+        /// What triggered or released it.
+        cause: String,
+    },
 }
 
 /// A gas-leak camera's detection.

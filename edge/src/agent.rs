@@ -1,5 +1,6 @@
-//! The running agent: opens the key and the spool, starts the batcher, the sources and the uplink,
-//! and stops them in order (sources first, then the batcher seals what is left, then the uplink).
+//! The running agent: opens the key and the spool, starts the batcher, the sources, local
+//! annunciation, the watchdog supervisor and the uplink, and stops them in order (sources first, then
+//! the batcher seals what is left, then the uplink says goodbye, then the watchdog is disabled).
 
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
@@ -8,16 +9,52 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use tokio::sync::{Notify, mpsc, watch};
 use vigil_common::{ClockQuality, Event, EventKind, TimeSource};
+use vigil_hw::{CdevIo, DigitalIo, LinuxWatchdog, Supervisor, Watchdog};
 
 use crate::config::Plant;
+use crate::site::{Annunciator, SharedIo};
 use crate::spool::{Batcher, BatcherConfig, OpenOutcome, SledSpool, now_ms};
 use crate::uplink::Uplink;
 
-/// Capacity of the channel from the sources to the batcher.
+/// Capacity of the channels between the sources, the annunciator and the batcher.
 const RECORD_CHANNEL: usize = 50_000;
+/// A supervised loop silent for longer than this stops the watchdog kicks.
+const MAX_LOOP_SILENCE: Duration = Duration::from_secs(30);
+
+/// The gateway hardware handed to the agent: opened from the configuration in the field, memory
+/// lines and a memory watchdog in tests.
+#[derive(Default)]
+pub struct Hardware {
+    /// Digital lines, if any are configured.
+    pub io: Option<Box<dyn DigitalIo>>,
+    /// The watchdog, if one is configured.
+    pub watchdog: Option<Box<dyn Watchdog>>,
+}
+
+impl Hardware {
+    /// Opens the lines and watchdog the `[hardware]` section names.
+    pub fn open(config: &crate::site::HardwareConfig) -> Result<Hardware> {
+        let io: Option<Box<dyn DigitalIo>> = if config.inputs.is_empty() && config.outputs.is_empty() {
+            None
+        } else {
+            Some(Box::new(CdevIo::open(&config.inputs, &config.outputs).context("opening GPIO lines")?))
+        };
+        let watchdog: Option<Box<dyn Watchdog>> = match &config.watchdog {
+            Some(path) => Some(Box::new(LinuxWatchdog::open(path).context("opening the watchdog")?)),
+            None => None,
+        };
+        Ok(Hardware { io, watchdog })
+    }
+}
 
 /// Runs the agent on a validated configuration until `shutdown` turns true.
 pub async fn run(plant: Arc<Plant>, shutdown: watch::Receiver<bool>) -> Result<()> {
+    let hardware = Hardware::open(&plant.config.hardware)?;
+    run_with(plant, shutdown, hardware).await
+}
+
+/// Runs the agent with the given hardware until `shutdown` turns true.
+pub async fn run_with(plant: Arc<Plant>, shutdown: watch::Receiver<bool>, hardware: Hardware) -> Result<()> {
     let config = &plant.config;
     let key = vigil_common::keyfile::load(&config.gateway.key_file).context("gateway signing key")?;
     let (spool, outcome) =
@@ -25,6 +62,7 @@ pub async fn run(plant: Arc<Plant>, shutdown: watch::Receiver<bool>) -> Result<(
     let spool = Arc::new(Mutex::new(spool));
     let online = Arc::new(AtomicBool::new(false));
     let stored = Arc::new(Notify::new());
+    let mut supervisor = Supervisor::new();
 
     let batcher_config = BatcherConfig {
         gateway: config.gateway.id.clone(),
@@ -32,6 +70,7 @@ pub async fn run(plant: Arc<Plant>, shutdown: watch::Receiver<bool>) -> Result<(
         max_samples: config.spool.batch_max_samples.max(1),
     };
     let mut batcher = Batcher::new(batcher_config, key.clone(), spool.clone(), online.clone(), stored.clone());
+    batcher.set_heartbeat(supervisor.register("batcher", MAX_LOOP_SILENCE));
     let clock = ClockQuality { synchronised: false, source: TimeSource::Gateway };
     batcher.push_event(Event {
         ts_ms: now_ms(),
@@ -47,8 +86,8 @@ pub async fn run(plant: Arc<Plant>, shutdown: watch::Receiver<bool>) -> Result<(
     }
 
     let uplink = match config.uplink.clone() {
-        Some(up) => Some(
-            Uplink::new(
+        Some(up) => {
+            let mut u = Uplink::new(
                 up,
                 &config.gateway.enterprise,
                 &config.gateway.id,
@@ -57,20 +96,50 @@ pub async fn run(plant: Arc<Plant>, shutdown: watch::Receiver<bool>) -> Result<(
                 online.clone(),
                 stored.clone(),
             )
-            .context("uplink configuration")?,
-        ),
+            .context("uplink configuration")?;
+            u.set_heartbeat(supervisor.register("uplink", MAX_LOOP_SILENCE));
+            Some(u)
+        }
         None => None,
     };
 
-    let (tx, rx) = mpsc::channel(RECORD_CHANNEL);
-    let batcher_task = tokio::spawn(batcher.run(rx));
-    let system_task =
-        tokio::spawn(crate::sources::system::run(config.system.clone(), spool.clone(), tx.clone(), shutdown.clone()));
+    // Sources -> (annunciator) -> batcher.
+    let (batch_tx, batch_rx) = mpsc::channel(RECORD_CHANNEL);
+    let batcher_task = tokio::spawn(batcher.run(batch_rx));
+    let io: Option<SharedIo> = hardware.io.map(|io| Arc::new(Mutex::new(io)));
+    let (tx, annunciator_task) = match (&io, config.local_alarm.is_empty()) {
+        (Some(io), false) => {
+            let (tx, rx) = mpsc::channel(RECORD_CHANNEL);
+            let annunciator = Annunciator::new(config.local_alarm.clone(), io.clone());
+            (tx, Some(tokio::spawn(annunciator.run(rx, batch_tx, shutdown.clone()))))
+        }
+        _ => (batch_tx, None),
+    };
+    let mut source_tasks = vec![tokio::spawn(crate::sources::system::run(
+        config.system.clone(),
+        spool.clone(),
+        tx.clone(),
+        shutdown.clone(),
+    ))];
+    if let Some(io) = &io
+        && !config.hardware.inputs.is_empty()
+    {
+        let names = config.hardware.inputs.iter().map(|l| l.name.clone()).collect();
+        source_tasks.push(tokio::spawn(crate::sources::digital::run(
+            io.clone(),
+            names,
+            Duration::from_millis(config.hardware.debounce_ms),
+            Duration::from_millis(config.hardware.poll_ms),
+            tx.clone(),
+            shutdown.clone(),
+        )));
+    }
     let metrics = Arc::new(crate::sources::Metrics::default());
     let acquisition_task = (!plant.devices.is_empty())
         .then(|| tokio::spawn(crate::sources::run_acquisition(plant.clone(), tx.clone(), shutdown.clone(), metrics)));
     drop(tx);
     let uplink_task = uplink.map(|u| tokio::spawn(u.run(shutdown.clone())));
+    let watchdog_task = hardware.watchdog.map(|wd| tokio::spawn(supervise(supervisor, wd, shutdown.clone())));
     tracing::info!(gateway = %config.gateway.id, "agent running");
 
     let mut shutdown_wait = shutdown.clone();
@@ -79,7 +148,9 @@ pub async fn run(plant: Arc<Plant>, shutdown: watch::Receiver<bool>) -> Result<(
             break;
         }
     }
-    let _ = system_task.await;
+    for t in source_tasks {
+        let _ = t.await;
+    }
     if let Some(t) = acquisition_task {
         match t.await {
             Ok(Err(e)) => tracing::error!(error = %e, "acquisition ended with an error"),
@@ -87,10 +158,34 @@ pub async fn run(plant: Arc<Plant>, shutdown: watch::Receiver<bool>) -> Result<(
             Ok(Ok(())) => {}
         }
     }
+    if let Some(t) = annunciator_task {
+        let _ = t.await;
+    }
     let _ = batcher_task.await;
     if let Some(t) = uplink_task {
         let _ = t.await;
     }
+    if let Some(t) = watchdog_task {
+        let _ = t.await;
+    }
     tracing::info!("agent stopped");
     Ok(())
+}
+
+/// Kicks the watchdog every second while every supervised loop beats; disables it on shutdown.
+async fn supervise(supervisor: Supervisor, mut watchdog: Box<dyn Watchdog>, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                if let Err(e) = supervisor.check(watchdog.as_mut()) {
+                    tracing::error!(error = %e, "watchdog kick failed");
+                }
+            }
+            _ = shutdown.changed() => if *shutdown.borrow() { break },
+        }
+    }
+    if let Err(e) = watchdog.disable() {
+        tracing::error!(error = %e, "could not disable the watchdog; the box may reboot");
+    }
 }

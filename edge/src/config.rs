@@ -30,6 +30,12 @@ pub struct Config {
     /// The gateway's own health points.
     #[serde(default)]
     pub system: crate::sources::system::SystemConfig,
+    /// Digital lines and watchdog of the gateway.
+    #[serde(default)]
+    pub hardware: crate::site::HardwareConfig,
+    /// Local annunciation rules (relay outputs driven at the site).
+    #[serde(default)]
+    pub local_alarm: Vec<crate::site::LocalAlarmRule>,
     /// Acquisition-wide settings.
     #[serde(default)]
     pub acquisition: AcquisitionSection,
@@ -912,6 +918,9 @@ pub fn resolve(config: Config, path: &Path) -> Result<Plant, ConfigErrors> {
         }
     }
 
+    for (key, problem) in crate::site::problems(&config.hardware, &config.local_alarm) {
+        errors.push(err(path, key, problem));
+    }
     for (key, problem) in config.spool.problems() {
         errors.push(err(path, format!("spool.{key}"), problem));
     }

@@ -9,6 +9,7 @@ use vigil_common::{Event, PointId, Sample};
 pub mod agent;
 pub mod config;
 pub mod pipeline;
+pub mod site;
 pub mod sources;
 pub mod spool;
 pub mod uplink;

@@ -55,7 +55,11 @@ pub struct Batcher<S: Spool> {
     telemetry: BatchBuilder,
     telemetry_since: Option<Instant>,
     events: BatchBuilder,
+    heartbeat: Option<vigil_hw::Heartbeat>,
 }
+
+/// Longest the batcher waits for a record before it reports progress anyway.
+const IDLE_BEAT: Duration = Duration::from_secs(1);
 
 impl<S: Spool> Batcher<S> {
     /// A batcher storing into `spool`; `online` tells whether the uplink is connected (telemetry
@@ -77,7 +81,13 @@ impl<S: Spool> Batcher<S> {
             telemetry: BatchBuilder::new(),
             telemetry_since: None,
             events: BatchBuilder::new(),
+            heartbeat: None,
         }
+    }
+
+    /// Reports each loop iteration to the watchdog supervisor.
+    pub fn set_heartbeat(&mut self, heartbeat: vigil_hw::Heartbeat) {
+        self.heartbeat = Some(heartbeat);
     }
 
     /// The batcher's counters.
@@ -93,13 +103,13 @@ impl<S: Spool> Batcher<S> {
     /// Runs until `rx` closes, then seals what is left.
     pub async fn run(mut self, mut rx: mpsc::Receiver<Record>) {
         loop {
-            let deadline = self.telemetry_since.map(|t| t + self.config.max_age);
-            let record = match deadline {
-                Some(d) => match tokio::time::timeout_at(d.into(), rx.recv()).await {
-                    Ok(r) => r.map(Some),
-                    Err(_) => Some(None),
-                },
-                None => rx.recv().await.map(Some),
+            if let Some(h) = &self.heartbeat {
+                h.beat();
+            }
+            let deadline = self.telemetry_since.map_or(Instant::now() + IDLE_BEAT, |t| t + self.config.max_age);
+            let record = match tokio::time::timeout_at(deadline.into(), rx.recv()).await {
+                Ok(r) => r.map(Some),
+                Err(_) => Some(None),
             };
             match record {
                 None => break,

@@ -177,6 +177,7 @@ pub struct Uplink<S: Spool> {
     online: Arc<AtomicBool>,
     stored: Arc<Notify>,
     metrics: Arc<UplinkMetrics>,
+    heartbeat: Option<vigil_hw::Heartbeat>,
 }
 
 struct Topics {
@@ -255,7 +256,13 @@ impl<S: Spool + 'static> Uplink<S> {
             online,
             stored,
             metrics: Arc::default(),
+            heartbeat: None,
         })
+    }
+
+    /// Reports the send loop's progress to the watchdog supervisor.
+    pub fn set_heartbeat(&mut self, heartbeat: vigil_hw::Heartbeat) {
+        self.heartbeat = Some(heartbeat);
     }
 
     /// The uplink's counters.
@@ -340,6 +347,9 @@ impl<S: Spool + 'static> Uplink<S> {
                     }
                     _ = self.stored.notified() => self.pump(&client, &mut st),
                     _ = tick.tick() => {
+                        if let Some(h) = &self.heartbeat {
+                            h.beat();
+                        }
                         if last_progress.elapsed() > watchdog {
                             self.metrics.watchdog_rebuilds.fetch_add(1, Ordering::Relaxed);
                             tracing::error!(stalled_s = last_progress.elapsed().as_secs(), "MQTT event loop made no progress; rebuilding the client");

@@ -29,6 +29,8 @@ pub struct Park {
     pub central_key: SigningKey,
     /// The spool's disk budget in the gateway configuration.
     pub budget_bytes: u64,
+    /// Extra TOML appended to the gateway configuration.
+    pub extra_config: String,
 }
 
 impl Park {
@@ -42,7 +44,17 @@ impl Park {
         let broker = Mosquitto::start_tls(&dir.path().join("broker"), &pki, &server, "central").unwrap();
         let gateway_key = vigil_common::keyfile::create(&dir.path().join("gw.key")).unwrap();
         let central_key = SigningKey::generate().unwrap();
-        Park { dir, pki, broker, central_tls, gateway_tls, gateway_key, central_key, budget_bytes: 1 << 30 }
+        Park {
+            dir,
+            pki,
+            broker,
+            central_tls,
+            gateway_tls,
+            gateway_key,
+            central_key,
+            budget_bytes: 1 << 30,
+            extra_config: String::new(),
+        }
     }
 
     pub fn spool_path(&self) -> PathBuf {
@@ -87,7 +99,7 @@ key_file = "{tlskey}"
             tlskey = self.gateway_tls.key.display(),
         );
         let path = self.dir.path().join("gateway.toml");
-        std::fs::write(&path, text).unwrap();
+        std::fs::write(&path, text + &self.extra_config).unwrap();
         vigil_edge::config::load(&path).unwrap()
     }
 
