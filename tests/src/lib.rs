@@ -72,7 +72,8 @@ pub fn http_get(port: u16, path: &str) -> Result<(u16, String)> {
     let text = String::from_utf8_lossy(&raw).into_owned();
     let (head, body) = text.split_once("\r\n\r\n").context("no HTTP header end")?;
     let status = head.split_whitespace().nth(1).context("no status")?.parse()?;
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_owned() };
+    let body =
+        if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_owned() };
     Ok((status, body))
 }
 

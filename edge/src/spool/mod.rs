@@ -40,10 +40,10 @@ impl SpoolConfig {
     /// Problems with these settings, as (key, problem).
     pub fn problems(&self) -> Vec<(&'static str, String)> {
         let mut out = Vec::new();
-        if self.budget_bytes < 1 << 20 {
+        if self.budget_bytes < 4096 {
             out.push((
                 "budget_bytes",
-                format!("{} is below 1 MiB; the spool could not hold one batch", self.budget_bytes),
+                format!("{} is below 4096 bytes; the spool could not hold one batch", self.budget_bytes),
             ));
         }
         if !(10..=3_600_000).contains(&self.batch_max_age_ms) {

@@ -424,7 +424,7 @@ impl<S: Spool + 'static> Uplink<S> {
         if !ack.resend.is_empty() {
             tracing::debug!(ranges = ?ack.resend, "central asks for re-sends");
         }
-        queue_resend(st, &ack.resend);
+        queue_resend(st, &ack.resend, self.resend_min_age());
     }
 
     fn on_command(&self, bytes: &[u8], client: &AsyncClient, st: &mut SendState) {
@@ -446,10 +446,15 @@ impl<S: Spool + 'static> Uplink<S> {
             CommandAction::Resend { epoch, ranges } => {
                 let ours = self.spool.lock().unwrap_or_else(|p| p.into_inner()).epoch();
                 if epoch == ours {
-                    queue_resend(st, &ranges);
+                    queue_resend(st, &ranges, self.resend_min_age());
                 }
             }
         }
+    }
+
+    /// How long a sent batch is left alone before a re-send request may send it again.
+    fn resend_min_age(&self) -> Duration {
+        Duration::from_millis((self.config.resend_after_s.max(1) * 500).min(1000))
     }
 
     /// Batches central has not acknowledged in time go out again.
@@ -594,12 +599,18 @@ async fn poll_events(mut eventloop: EventLoop, tx: tokio::sync::mpsc::Sender<Pol
     }
 }
 
-fn queue_resend(st: &mut SendState, ranges: &[SeqRange]) {
+/// Queues re-sends central asked for. A batch sent less than `min_age` ago is not sent again: central
+/// may ask for a gap while the batch filling it is still on its way, and answering every such request
+/// would flood the link with duplicates.
+fn queue_resend(st: &mut SendState, ranges: &[SeqRange], min_age: Duration) {
     for r in ranges {
         let mut s = r.first;
         while s <= r.last && st.resend.len() < MAX_RESEND_QUEUE {
-            st.inflight.remove(&s);
-            st.resend.insert(s);
+            let recent = st.inflight.get(&s).is_some_and(|(_, at)| at.elapsed() < min_age);
+            if !recent {
+                st.inflight.remove(&s);
+                st.resend.insert(s);
+            }
             if s == u64::MAX {
                 break;
             }
