@@ -22,7 +22,7 @@ pub async fn run(
 ) {
     let mut bank = InputBank::new(names, debounce);
     let mut tick = tokio::time::interval(poll.max(Duration::from_millis(1)));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failing: Option<String> = None;
     loop {
         tokio::select! {

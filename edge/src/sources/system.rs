@@ -49,8 +49,8 @@ pub async fn run<S: Spool>(
     let ids: Vec<PointId> = POINTS.iter().filter_map(|p| PointId::new(*p).ok()).collect();
     let started = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(config.interval_ms.max(1)));
-    // After a stall, report once rather than a burst of reports stamped with the same millisecond.
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    // After a stall, report once and then a full period later, never two reports in one millisecond.
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut beat: i64 = 0;
     loop {
         tokio::select! {
