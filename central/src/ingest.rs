@@ -305,8 +305,12 @@ pub struct Core {
     pub streams: Streams,
     wal_bytes_at_checkpoint: u64,
     last_checkpoint: Instant,
+    last_touch: HashMap<GatewayId, Instant>,
     cfg: Config,
 }
+
+/// Registry "last seen" updates per gateway are written at most this often (each is a SQLite commit).
+const TOUCH_EVERY: Duration = Duration::from_secs(5);
 
 /// One message from the broker.
 #[derive(Debug, Clone)]
@@ -370,6 +374,7 @@ impl Core {
             streams: Streams::default(),
             wal_bytes_at_checkpoint: 0,
             last_checkpoint: Instant::now(),
+            last_touch: HashMap::new(),
             cfg,
         })
     }
@@ -392,7 +397,7 @@ impl Core {
         let m = Arc::clone(&self.metrics);
         let mut accepted: Vec<(EnterpriseId, Batch, Vec<u8>)> = Vec::new();
         let mut to_ack: BTreeMap<(GatewayId, u64), EnterpriseId> = BTreeMap::new();
-        let mut states: Vec<GatewayId> = Vec::new();
+        let mut states: Vec<(GatewayId, usize)> = Vec::new();
         for msg in msgs {
             let topic = match Topic::parse(&msg.topic) {
                 Ok(t) if matches!(t.channel, Channel::UpBatch | Channel::UpState) => t,
@@ -404,7 +409,7 @@ impl Core {
             };
             if topic.channel == Channel::UpState {
                 m.states_received.fetch_add(1, Ordering::Relaxed);
-                states.push(topic.gateway);
+                states.push((topic.gateway, msg.payload.len()));
                 continue;
             }
             m.batches_received.fetch_add(1, Ordering::Relaxed);
@@ -486,11 +491,15 @@ impl Core {
             out.extend(self.ack_for(&enterprise, &gw, epoch, now));
         }
         for (gw, drops) in seen_gw {
-            self.registry.touch(&gw, Some(now), None, Some(&drops)).await?;
+            if self.last_touch.get(&gw).is_none_or(|t| t.elapsed() >= TOUCH_EVERY) {
+                self.registry.touch(&gw, Some(now), None, Some(&drops)).await?;
+                self.last_touch.insert(gw, Instant::now());
+            }
         }
-        for gw in states {
+        for (gw, len) in states {
+            // Rare (connects and disconnects): always recorded.
             if self.keys.contains_key(&gw) {
-                self.registry.touch(&gw, None, Some((now, 0)), None).await?;
+                self.registry.touch(&gw, None, Some((now, len as i64)), None).await?;
             }
         }
         Ok(out)

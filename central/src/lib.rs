@@ -7,4 +7,5 @@ pub mod historian;
 pub mod ingest;
 pub mod seen;
 pub mod store;
+pub mod swinging_door;
 pub mod wal;

@@ -111,40 +111,70 @@ async fn main() -> Result<()> {
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
 
-    // Publishers connect first, then all start together.
+    // Publishers connect first, then all start together. Like a real gateway, each keeps a window of
+    // at most `--window` batches that central has not acknowledged (so the broker never has to queue
+    // an unbounded backlog), and re-sends a batch not acknowledged within 5 s.
+    let window = arg("--window", 200)?;
+    let central_pub = SigningKey::from_seed(&[99; 32]).public_key();
     let acks = Arc::new(AtomicU64::new(0));
-    let mut clients = Vec::new();
+    let go = Arc::new(tokio::sync::Notify::new());
     for (id, sealed) in gateways {
         let mut o = MqttOptions::new(format!("{id}-pub"), "127.0.0.1", port);
         o.set_max_packet_size(4 << 20, 4 << 20);
-        o.set_inflight(200);
+        o.set_inflight(window.min(u16::MAX as usize) as u16);
         let (c, mut el) = AsyncClient::new(o, 1000);
         c.subscribe(format!("vigil/v1/bench/{id}/down/ack"), QoS::AtLeastOnce).await?;
-        let acks = acks.clone();
+        let (ack_tx, mut ack_rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
         tokio::spawn(async move {
             loop {
                 match el.poll().await {
-                    Ok(Event::Incoming(Packet::Publish(_))) => {
-                        acks.fetch_add(1, Ordering::Relaxed);
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        if ack_tx.send(p.payload.to_vec()).is_err() {
+                            return;
+                        }
                     }
                     Ok(_) => {}
                     Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
                 }
             }
         });
-        clients.push((c, id, sealed));
-    }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let start = Instant::now();
-    for (c, id, sealed) in clients {
+        let (acks, go, central_pub) = (acks.clone(), go.clone(), central_pub.clone());
         tokio::spawn(async move {
-            for b in sealed {
-                if c.publish(format!("vigil/v1/bench/{id}/up/batch"), QoS::AtLeastOnce, false, b).await.is_err() {
-                    return;
+            go.notified().await;
+            let topic = format!("vigil/v1/bench/{id}/up/batch");
+            let mut unacked: std::collections::BTreeMap<u64, Instant> = std::collections::BTreeMap::new();
+            let mut next = 0usize;
+            while next < sealed.len() || !unacked.is_empty() {
+                while next < sealed.len() && unacked.len() < window {
+                    if c.publish(topic.clone(), QoS::AtLeastOnce, false, sealed[next].clone()).await.is_err() {
+                        return;
+                    }
+                    unacked.insert(next as u64, Instant::now());
+                    next += 1;
+                }
+                if let Ok(Some(bytes)) = tokio::time::timeout(Duration::from_millis(100), ack_rx.recv()).await
+                    && let Ok(ack) = vigil_common::Ack::open(&bytes, &id, 1, |_| Some(central_pub.clone()))
+                {
+                    acks.fetch_add(1, Ordering::Relaxed);
+                    for r in &ack.acked {
+                        let done: Vec<u64> = unacked.range(r.first..=r.last).map(|(k, _)| *k).collect();
+                        for k in done {
+                            unacked.remove(&k);
+                        }
+                    }
+                }
+                let stale: Vec<u64> =
+                    unacked.iter().filter(|(_, t)| t.elapsed() > Duration::from_secs(5)).map(|(k, _)| *k).collect();
+                for k in stale {
+                    unacked.insert(k, Instant::now());
+                    let _ = c.publish(topic.clone(), QoS::AtLeastOnce, false, sealed[k as usize].clone()).await;
                 }
             }
         });
     }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let start = Instant::now();
+    go.notify_waiters();
     while metrics.samples_accepted.load(Ordering::Relaxed) < total_samples {
         ensure!(
             start.elapsed() < Duration::from_secs(300),
