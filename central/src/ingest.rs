@@ -150,6 +150,8 @@ pub struct IngestMetrics {
     pub mqtt_connects: AtomicU64,
     /// Registry reloads.
     pub registry_reloads: AtomicU64,
+    /// Registry reads or writes that failed (ingest goes on with the keys it has).
+    pub registry_errors: AtomicU64,
 }
 
 impl IngestMetrics {
@@ -184,6 +186,8 @@ impl IngestMetrics {
             ("vigil_wal_replayed_records", g(&self.replayed)),
             ("vigil_mqtt_errors_total", g(&self.mqtt_errors)),
             ("vigil_mqtt_connects_total", g(&self.mqtt_connects)),
+            ("vigil_registry_reloads_total", g(&self.registry_reloads)),
+            ("vigil_registry_errors_total", g(&self.registry_errors)),
         ] {
             s.push_str(&format!("{name} {v}\n"));
         }
@@ -379,11 +383,28 @@ impl Core {
         })
     }
 
+    /// Re-reads the registry; on failure keeps the keys it had (logged and counted), so a metadata
+    /// database problem never stops ingest of registered gateways.
     async fn reload_keys(&mut self) -> Result<(), IngestError> {
-        self.keys = self.registry.load_keys().await?;
         self.keys_loaded = Instant::now();
-        self.metrics.registry_reloads.fetch_add(1, Ordering::Relaxed);
+        match self.registry.load_keys().await {
+            Ok(k) => {
+                self.keys = k;
+                self.metrics.registry_reloads.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                self.metrics.registry_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, "ingest: registry reload failed; keeping the keys loaded before");
+            }
+        }
         Ok(())
+    }
+
+    async fn touch(&self, gw: &GatewayId, seen: Option<i64>, state: Option<(i64, i64)>, drops: Option<&str>) {
+        if let Err(e) = self.registry.touch(gw, seen, state, drops).await {
+            self.metrics.registry_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(gateway = %gw, error = %e, "ingest: could not record gateway activity");
+        }
     }
 
     /// Processes one group of messages: verify all, commit the accepted ones to the WAL with one
@@ -492,14 +513,14 @@ impl Core {
         }
         for (gw, drops) in seen_gw {
             if self.last_touch.get(&gw).is_none_or(|t| t.elapsed() >= TOUCH_EVERY) {
-                self.registry.touch(&gw, Some(now), None, Some(&drops)).await?;
+                self.touch(&gw, Some(now), None, Some(&drops)).await;
                 self.last_touch.insert(gw, Instant::now());
             }
         }
         for (gw, len) in states {
             // Rare (connects and disconnects): always recorded.
             if self.keys.contains_key(&gw) {
-                self.registry.touch(&gw, None, Some((now, len as i64)), None).await?;
+                self.touch(&gw, None, Some((now, len as i64)), None).await;
             }
         }
         Ok(out)
