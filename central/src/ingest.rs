@@ -627,14 +627,74 @@ pub fn mqtt_options(cfg: &MqttConfig) -> Result<MqttOptions, IngestError> {
     Ok(o)
 }
 
-/// Runs the MQTT event loop: subscribes after every connect, forwards publishes to `tx` (bounded:
-/// back-pressure reaches the broker), backs off on errors. Ends when `tx` closes.
-pub async fn mqtt_loop(
-    client: AsyncClient,
-    mut eventloop: EventLoop,
-    tx: mpsc::Sender<Incoming>,
-    metrics: Arc<IngestMetrics>,
-) {
+/// The delivery class a batch claims, read from its payload header without verifying it: used only to
+/// pick the lane (alarm/event batches are never queued behind telemetry); acceptance still requires
+/// the full `Batch::open`. `None` for anything that does not parse.
+pub fn peek_class(bytes: &[u8]) -> Option<Priority> {
+    fn varint(b: &[u8], at: &mut usize) -> Option<u64> {
+        let mut v = 0u64;
+        for shift in (0..70).step_by(7) {
+            let byte = *b.get(*at)?;
+            *at += 1;
+            v |= u64::from(byte & 0x7F).checked_shl(shift)?;
+            if byte & 0x80 == 0 {
+                return Some(v);
+            }
+        }
+        None
+    }
+    let payload = bytes.get(HEADER_LEN..)?;
+    let mut at = 0;
+    let name_len = usize::try_from(varint(payload, &mut at)?).ok()?;
+    at = at.checked_add(name_len)?;
+    varint(payload, &mut at)?; // epoch
+    varint(payload, &mut at)?; // seq
+    match varint(payload, &mut at)? {
+        0 => Some(Priority::AlarmEvent),
+        1 => Some(Priority::Live),
+        2 => Some(Priority::Backfill),
+        _ => None,
+    }
+}
+
+/// The sending side of the two ingest lanes.
+#[derive(Clone)]
+pub struct LaneTx {
+    alarm: mpsc::Sender<Incoming>,
+    telemetry: mpsc::Sender<Incoming>,
+}
+
+/// The receiving side of the two ingest lanes.
+pub struct LaneRx {
+    alarm: mpsc::Receiver<Incoming>,
+    telemetry: mpsc::Receiver<Incoming>,
+}
+
+/// Two bounded lanes: alarm/event-class batches, and everything else. Ingest always serves the alarm
+/// lane first and commits alarm batches in groups of their own.
+pub fn lanes(capacity: usize) -> (LaneTx, LaneRx) {
+    let (at, ar) = mpsc::channel(capacity.max(1));
+    let (tt, tr) = mpsc::channel(capacity.max(1));
+    (LaneTx { alarm: at, telemetry: tt }, LaneRx { alarm: ar, telemetry: tr })
+}
+
+impl LaneTx {
+    /// Queues a message on its lane (waits while that lane is full); `Err` when ingest has stopped.
+    pub async fn send(&self, m: Incoming) -> Result<(), Incoming> {
+        let alarm = m.topic.ends_with("/up/batch") && peek_class(&m.payload) == Some(Priority::AlarmEvent);
+        let lane = if alarm { &self.alarm } else { &self.telemetry };
+        lane.send(m).await.map_err(|e| e.0)
+    }
+
+    /// True when ingest has stopped.
+    pub fn is_closed(&self) -> bool {
+        self.alarm.is_closed() && self.telemetry.is_closed()
+    }
+}
+
+/// Runs the MQTT event loop: subscribes after every connect, forwards publishes to their lane (bounded:
+/// back-pressure reaches the broker), backs off on errors. Ends when the lanes close.
+pub async fn mqtt_loop(client: AsyncClient, mut eventloop: EventLoop, tx: LaneTx, metrics: Arc<IngestMetrics>) {
     let mut backoff = Duration::from_millis(100);
     loop {
         match eventloop.poll().await {
@@ -667,12 +727,27 @@ pub async fn mqtt_loop(
     }
 }
 
-/// Runs ingest until `shutdown` resolves: drains the broker channel in groups, commits, acknowledges,
-/// sends re-send requests on a timer and checkpoints when due.
+fn drain(first: Incoming, rx: &mut mpsc::Receiver<Incoming>, group_max: usize) -> Vec<Incoming> {
+    let mut bytes = first.payload.len();
+    let mut group = vec![first];
+    while group.len() < group_max && bytes < 32 * 1024 * 1024 {
+        match rx.try_recv() {
+            Ok(m) => {
+                bytes += m.payload.len();
+                group.push(m);
+            }
+            Err(_) => break,
+        }
+    }
+    group
+}
+
+/// Runs ingest until `shutdown` resolves or the lanes close: serves the alarm lane first, commits each
+/// lane's messages in groups, acknowledges, sends re-send requests on a timer and checkpoints when due.
 pub async fn run(
     mut core: Core,
     client: AsyncClient,
-    mut rx: mpsc::Receiver<Incoming>,
+    mut rx: LaneRx,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), IngestError> {
     tokio::pin!(shutdown);
@@ -687,32 +762,27 @@ pub async fn run(
         }
     };
     loop {
-        tokio::select! {
+        let group = tokio::select! {
             biased;
             () = &mut shutdown => break,
-            first = rx.recv() => {
-                let Some(first) = first else { break };
-                let mut group = vec![first];
-                let mut bytes = group[0].payload.len();
-                while group.len() < group_max && bytes < 32 * 1024 * 1024 {
-                    match rx.try_recv() {
-                        Ok(m) => { bytes += m.payload.len(); group.push(m); }
-                        Err(_) => break,
-                    }
-                }
-                let out = core.process_group(group).await?;
-                publish(&core, out);
-                if core.checkpoint_due() {
-                    core.checkpoint()?;
-                }
-            }
+            Some(first) = rx.alarm.recv() => drain(first, &mut rx.alarm, group_max),
+            Some(first) = rx.telemetry.recv() => drain(first, &mut rx.telemetry, group_max),
             _ = tick.tick() => {
-                let out = core.resend_requests();
-                publish(&core, out);
-                if core.checkpoint_due() {
-                    core.checkpoint()?;
+                if rx.alarm.is_closed() && rx.telemetry.is_closed() && rx.alarm.is_empty() && rx.telemetry.is_empty() {
+                    break;
                 }
+                Vec::new()
             }
+        };
+        if group.is_empty() {
+            let out = core.resend_requests();
+            publish(&core, out);
+        } else {
+            let out = core.process_group(group).await?;
+            publish(&core, out);
+        }
+        if core.checkpoint_due() {
+            core.checkpoint()?;
         }
     }
     core.checkpoint()?;

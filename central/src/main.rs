@@ -93,7 +93,7 @@ async fn run(config: &Path) -> Result<()> {
     });
     let opts = ingest::mqtt_options(&cfg.mqtt).context("MQTT options")?;
     let (client, eventloop) = rumqttc::AsyncClient::new(opts, 8192);
-    let (tx, rx) = tokio::sync::mpsc::channel(16_384);
+    let (tx, rx) = ingest::lanes(4096);
     tokio::spawn(ingest::mqtt_loop(client.clone(), eventloop, tx, core.metrics.clone()));
     tracing::info!(api = %listen, broker = %format!("{}:{}", cfg.mqtt.host, cfg.mqtt.port), "vigil-central running");
     let shutdown = async {

@@ -53,7 +53,7 @@ async fn batches_are_verified_deduplicated_acknowledged_and_bad_ones_counted() {
     let metrics = core.metrics.clone();
     let historian = core.historian.clone();
     let (client, eventloop) = rumqttc::AsyncClient::new(ingest::mqtt_options(&cfg.mqtt).unwrap(), 1000);
-    let (tx, rx) = tokio::sync::mpsc::channel(1000);
+    let (tx, rx) = ingest::lanes(1000);
     tokio::spawn(ingest::mqtt_loop(client.clone(), eventloop, tx, metrics.clone()));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let ingest_task = tokio::spawn(ingest::run(core, client, rx, async {

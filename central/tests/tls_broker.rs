@@ -98,7 +98,7 @@ async fn central_uses_tls_with_a_client_certificate() {
     let (rogue, rogue_cfg) = start_central(dir.path(), tls_port, &leaf("central", &rogue_issuer), "rogue").await;
     let rogue_metrics = rogue.metrics.clone();
     let (client, el) = rumqttc::AsyncClient::new(ingest::mqtt_options(&rogue_cfg.mqtt).unwrap(), 10);
-    let (tx, _rx) = tokio::sync::mpsc::channel(10);
+    let (tx, _rx) = ingest::lanes(10);
     let rogue_task = tokio::spawn(ingest::mqtt_loop(client, el, tx, rogue_metrics.clone()));
     drop(rogue);
 
@@ -116,7 +116,7 @@ async fn central_uses_tls_with_a_client_certificate() {
     let central_pub = SigningKey::from_seed(&[4; 32]).public_key();
     let metrics = core.metrics.clone();
     let (client, el) = rumqttc::AsyncClient::new(ingest::mqtt_options(&cfg.mqtt).unwrap(), 100);
-    let (tx, rx) = tokio::sync::mpsc::channel(100);
+    let (tx, rx) = ingest::lanes(100);
     tokio::spawn(ingest::mqtt_loop(client.clone(), el, tx, metrics.clone()));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(ingest::run(core, client, rx, async {

@@ -98,7 +98,7 @@ async fn main() -> Result<()> {
         });
     }
     let (client, eventloop) = AsyncClient::new(ingest::mqtt_options(&cfg.mqtt)?, 8192);
-    let (tx, rx) = tokio::sync::mpsc::channel(16_384);
+    let (tx, rx) = ingest::lanes(4096);
     tokio::spawn(ingest::mqtt_loop(client.clone(), eventloop, tx, metrics.clone()));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(ingest::run(core, client, rx, async {
