@@ -68,7 +68,8 @@ pub struct Stats {
     pub min: f64,
     /// Largest value.
     pub max: f64,
-    /// Mean.
+    /// Mean (`avg` in JSON).
+    #[serde(rename = "avg")]
     pub mean: f64,
     /// Sum of squared deviations from the mean (for the variance).
     #[serde(skip)]

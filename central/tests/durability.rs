@@ -136,6 +136,32 @@ async fn kill_9_many_times_loses_nothing_acknowledged_and_duplicates_nothing() {
     let got: Vec<i64> = v["samples"].as_array().unwrap().iter().map(|s| s["ts_ms"].as_i64().unwrap()).collect();
     assert_eq!(got.len(), want.len(), "exactly once: {} stored, {} produced", got.len(), want.len());
     assert_eq!(got, want);
+    // Latest and a whole-range aggregate, against the produced data.
+    let value = |ts: i64| (ts % 1_000_000) as f64 / 1000.0;
+    let (_, body) = http_get(api, &format!("/api/v1/latest?points={}/{}", gw.gateway, gw.point)).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let last = *want.last().unwrap();
+    assert_eq!(v["points"][0]["sample"]["ts_ms"].as_i64(), Some(last), "{body}");
+    let (from, to) = (want[0], last + 1);
+    let (status, body) = http_get(
+        api,
+        &format!("/api/v1/aggregate?point={}/{}&from={from}&to={to}&bucket_ms={}", gw.gateway, gw.point, to - from),
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let b = &v["buckets"][0];
+    assert_eq!(b["count"].as_u64(), Some(want.len() as u64));
+    let min = want.iter().map(|&t| value(t)).fold(f64::INFINITY, f64::min);
+    let max = want.iter().map(|&t| value(t)).fold(f64::NEG_INFINITY, f64::max);
+    let mean = want.iter().map(|&t| value(t)).sum::<f64>() / want.len() as f64;
+    assert_eq!(b["min"].as_f64(), Some(min));
+    assert_eq!(b["max"].as_f64(), Some(max));
+    assert!((b["avg"].as_f64().unwrap() - mean).abs() < 1e-6, "{b}");
+    assert_eq!(b["first"].as_f64(), Some(value(from)));
+    assert_eq!(b["last"].as_f64(), Some(value(last)));
+    let (status, _) = http_get(api, "/api/v1/raw?point=no-slash&from=0&to=1").unwrap();
+    assert_eq!(status, 400, "a bad point name is a 400, not a crash");
     let (_, metrics) = http_get(api, "/metrics").unwrap();
     assert!(metrics.contains("vigil_wal_replayed_records"), "{metrics}");
     child.kill().unwrap();
