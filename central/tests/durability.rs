@@ -164,6 +164,25 @@ async fn kill_9_many_times_loses_nothing_acknowledged_and_duplicates_nothing() {
     assert_eq!(status, 400, "a bad point name is a 400, not a crash");
     let (_, metrics) = http_get(api, "/metrics").unwrap();
     assert!(metrics.contains("vigil_wal_replayed_records"), "{metrics}");
+    // Revocation through the CLI, then a clean stop: SIGTERM runs a final checkpoint and exits 0.
+    cli(&["gateway", "--config", cfg, "revoke", gw.gateway.as_str()]);
+    let listed = cli(&["gateway", "--config", cfg, "list"]);
+    let entry: serde_json::Value =
+        serde_json::from_str(listed.lines().find(|l| l.contains(gw.gateway.as_str())).unwrap()).unwrap();
+    assert!(entry["keys"][0]["revoked_ms"].as_i64().is_some(), "{listed}");
+    assert!(entry["last_seen_ms"].as_i64().is_some(), "{listed}");
+    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "clean shutdown: {status}");
+    let wal_bytes: u64 =
+        std::fs::read_dir(dir.path().join("data/wal")).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum();
+    assert_eq!(wal_bytes, 0, "the final checkpoint leaves an empty WAL");
+    // And everything is still there after a restart from chunks alone.
+    let mut child = start(&config, &log);
+    wait_api(api);
+    let (_, body) = http_get(api, &path).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["samples"].as_array().unwrap().len(), want.len());
     child.kill().unwrap();
     child.wait().unwrap();
     eprintln!("{} batches, {} samples, {kills} kills", gw.next_seq, want.len());
