@@ -68,11 +68,13 @@ pub enum Reject {
     GatewayMismatch,
     /// An epoch older than every epoch central remembers for this gateway (a replay).
     StaleEpoch,
+    /// The epoch's sequence numbers are already split into the most ranges central keeps.
+    Fragmented,
 }
 
 impl Reject {
     /// All reasons, in counter order.
-    pub const ALL: [Reject; 10] = [
+    pub const ALL: [Reject; 11] = [
         Reject::Topic,
         Reject::UnknownGateway,
         Reject::Enterprise,
@@ -83,6 +85,7 @@ impl Reject {
         Reject::Payload,
         Reject::GatewayMismatch,
         Reject::StaleEpoch,
+        Reject::Fragmented,
     ];
 
     /// Metric label.
@@ -98,6 +101,7 @@ impl Reject {
             Reject::Payload => "payload",
             Reject::GatewayMismatch => "gateway_mismatch",
             Reject::StaleEpoch => "stale_epoch",
+            Reject::Fragmented => "fragmented",
         }
     }
 
@@ -127,7 +131,7 @@ pub struct IngestMetrics {
     /// Duplicate batches (acknowledged again, not stored).
     pub duplicates: AtomicU64,
     /// Rejections, indexed like [`Reject::ALL`].
-    pub rejected: [AtomicU64; 10],
+    pub rejected: [AtomicU64; 11],
     /// State messages received.
     pub states_received: AtomicU64,
     /// Acks published.
@@ -469,6 +473,11 @@ impl Core {
             if self.seen.is_stale_epoch(&batch.gateway, batch.epoch) {
                 m.reject(Reject::StaleEpoch);
                 tracing::warn!(gateway = %batch.gateway, epoch = batch.epoch, "ingest: batch of a forgotten epoch rejected (replay)");
+                continue;
+            }
+            if self.seen.too_fragmented(&batch.gateway, batch.epoch) {
+                m.reject(Reject::Fragmented);
+                tracing::warn!(gateway = %batch.gateway, epoch = batch.epoch, seq = batch.seq, "ingest: sequence numbers too fragmented; batch refused until the gaps are filled");
                 continue;
             }
             to_ack.insert(key, topic.enterprise.clone());

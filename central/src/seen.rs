@@ -12,6 +12,8 @@ pub const ACK_RANGES: usize = 256;
 pub const RESEND_RANGES: usize = 64;
 /// Epochs remembered per gateway; older ones are forgotten (a gateway never returns to an old epoch).
 pub const EPOCHS_KEPT: usize = 4;
+/// Most disjoint ranges one epoch may fragment into (bounds memory against sparse sequence numbers).
+pub const MAX_RANGES_PER_EPOCH: usize = 100_000;
 
 /// A set of u64 as disjoint, non-touching inclusive ranges.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -100,6 +102,14 @@ impl Seen {
     /// True when (gateway, epoch, seq) is already durable.
     pub fn contains(&self, gateway: &GatewayId, epoch: u64, seq: u64) -> bool {
         self.gateways.get(gateway).and_then(|g| g.epochs.get(&epoch)).is_some_and(|s| s.seqs.contains(seq))
+    }
+
+    /// True when inserting `seq` would split (gateway, epoch) into more than [`MAX_RANGES_PER_EPOCH`] ranges.
+    pub fn too_fragmented(&self, gateway: &GatewayId, epoch: u64) -> bool {
+        self.gateways
+            .get(gateway)
+            .and_then(|g| g.epochs.get(&epoch))
+            .is_some_and(|s| s.seqs.len() >= MAX_RANGES_PER_EPOCH)
     }
 
     /// True when `epoch` is older than every epoch still remembered for `gateway` after some were forgotten.
@@ -203,6 +213,19 @@ mod tests {
             let expanded: BTreeSet<u64> = ranges.iter().flat_map(|r| r.first..=r.last).collect();
             prop_assert_eq!(expanded, plain);
         }
+    }
+
+    #[test]
+    fn fragmentation_is_bounded() {
+        let gw = GatewayId::new("gw1").unwrap();
+        let mut seen = Seen::default();
+        for i in 0..MAX_RANGES_PER_EPOCH as u64 {
+            seen.insert(&gw, 1, i * 2);
+        }
+        assert!(seen.too_fragmented(&gw, 1));
+        assert!(!seen.too_fragmented(&gw, 2));
+        seen.insert(&gw, 1, 1); // filling a gap merges two ranges
+        assert!(!seen.too_fragmented(&gw, 1));
     }
 
     #[test]
