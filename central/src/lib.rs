@@ -1,0 +1,11 @@
+//! `vigil-central`: the park aggregator. Ingest (verify, deduplicate, WAL, acknowledge), the
+//! historian (compressed chunks, queries) and its HTTP query endpoints.
+
+pub mod api;
+pub mod config;
+pub mod historian;
+pub mod ingest;
+pub mod seen;
+pub mod store;
+pub mod swinging_door;
+pub mod wal;

@@ -1,0 +1,164 @@
+//! Helpers shared by central's integration tests: a minimal gateway that seals, publishes and
+//! re-sends until acknowledged, an HTTP GET, and unique names.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::io::{Read as _, Write as _};
+use std::time::{Duration, Instant};
+
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use vigil_common::{Ack, BatchBuilder, DropCounters, GatewayId, PointId, Priority, PublicKey, Sample, SigningKey};
+
+/// A name unique to this test process and call.
+pub fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    format!("{prefix}-{}-{nanos}", std::process::id())
+}
+
+/// A free TCP port on localhost.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// GET `path` from 127.0.0.1:`port`; returns (status, body).
+pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)?;
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let status = text.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|x| x.1.to_string()).unwrap_or_default();
+    // Chunked transfer encoding: de-chunk.
+    if text.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        let mut out = String::new();
+        let mut rest = body.as_str();
+        while let Some((len, tail)) = rest.split_once("\r\n") {
+            let n = usize::from_str_radix(len.trim(), 16).unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            out.push_str(&tail[..n]);
+            rest = &tail[n + 2..];
+        }
+        return Ok((status, out));
+    }
+    Ok((status, body))
+}
+
+/// A mqtt client connected to the test broker, with its event loop driven in the background;
+/// every publish it receives goes to the returned channel.
+pub async fn mqtt_client(
+    id: &str,
+    port: u16,
+    subscribe: &[String],
+) -> (AsyncClient, tokio::sync::mpsc::UnboundedReceiver<(String, Vec<u8>)>) {
+    let mut o = MqttOptions::new(id, "127.0.0.1", port);
+    o.set_keep_alive(Duration::from_secs(10));
+    o.set_max_packet_size(4 * 1024 * 1024, 4 * 1024 * 1024);
+    let (client, mut el) = AsyncClient::new(o, 1000);
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let subs = subscribe.to_vec();
+    let c2 = client.clone();
+    tokio::spawn(async move {
+        loop {
+            match el.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    for s in &subs {
+                        let _ = c2.subscribe(s.clone(), QoS::AtLeastOnce).await;
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    if tx.send((p.topic.clone(), p.payload.to_vec())).is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    });
+    (client, rx)
+}
+
+/// A minimal gateway: seals batches of one point, keeps each until central acknowledges it, re-sends.
+pub struct SimGateway {
+    /// Its id.
+    pub gateway: GatewayId,
+    /// Its enterprise.
+    pub enterprise: String,
+    /// Its key.
+    pub key: SigningKey,
+    /// Spool epoch.
+    pub epoch: u64,
+    /// Next sequence number.
+    pub next_seq: u64,
+    /// Unacknowledged batches: seq -> (bytes, last sent).
+    pub unacked: BTreeMap<u64, (Vec<u8>, Instant)>,
+    /// Every timestamp produced.
+    pub produced: Vec<i64>,
+    /// Point.
+    pub point: PointId,
+}
+
+impl SimGateway {
+    /// A gateway with a fresh key.
+    pub fn new(gateway: &str, enterprise: &str, seed: u8) -> SimGateway {
+        SimGateway {
+            gateway: GatewayId::new(gateway).unwrap(),
+            enterprise: enterprise.to_owned(),
+            key: SigningKey::from_seed(&[seed; 32]),
+            epoch: 1,
+            next_seq: 0,
+            unacked: BTreeMap::new(),
+            produced: Vec::new(),
+            point: PointId::new("TK101.LT1").unwrap(),
+        }
+    }
+
+    /// Topic of a channel.
+    pub fn topic(&self, suffix: &str) -> String {
+        format!("vigil/v1/{}/{}/{suffix}", self.enterprise, self.gateway)
+    }
+
+    /// Seals the next batch of `n` samples starting at `t0 + seq * n` seconds.
+    pub fn next_batch(&mut self, n: usize, t0: i64) -> (u64, Vec<u8>) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let mut b = BatchBuilder::new();
+        for i in 0..n {
+            let ts = t0 + (seq as i64 * n as i64 + i as i64) * 1000;
+            b.push(&self.point, Sample::good(ts, (ts % 1_000_000) as f64 / 1000.0));
+            self.produced.push(ts);
+        }
+        let batch = b.build(self.gateway.clone(), self.epoch, seq, Priority::Live, t0, DropCounters::default());
+        let bytes = batch.seal(&self.key).unwrap();
+        self.unacked.insert(seq, (bytes.clone(), Instant::now()));
+        (seq, bytes)
+    }
+
+    /// Applies a down/ack message; returns the ack when it verifies.
+    pub fn on_ack(&mut self, bytes: &[u8], central: &PublicKey) -> Option<Ack> {
+        let ack = Ack::open(bytes, &self.gateway, self.epoch, |_| Some(central.clone())).ok()?;
+        for r in &ack.acked {
+            let seqs: Vec<u64> = self.unacked.range(r.first..=r.last).map(|(s, _)| *s).collect();
+            for s in seqs {
+                self.unacked.remove(&s);
+            }
+        }
+        Some(ack)
+    }
+
+    /// Batches unacknowledged for longer than `after`, marked as sent now.
+    pub fn due(&mut self, after: Duration) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        for (bytes, sent) in self.unacked.values_mut() {
+            if sent.elapsed() >= after {
+                *sent = Instant::now();
+                out.push(bytes.clone());
+            }
+        }
+        out
+    }
+}
