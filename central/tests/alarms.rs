@@ -388,6 +388,12 @@ async fn gateway_offline_device_offline_and_stale_are_separate_and_rooted() {
     let ch = drain(&mut rx);
     let off: Vec<_> = ch.iter().filter(|c| c.alarm.key.condition == Condition::GatewayOffline).collect();
     assert_eq!(off.len(), 1, "silence raises gateway offline again (reactivation of the unacked alarm)");
+    e.on_gateway_seen(&gw(), T0 + 152_000).await.unwrap();
+    assert!(
+        drain(&mut rx)
+            .iter()
+            .any(|c| c.alarm.key.condition == Condition::GatewayOffline && c.kind == ChangeKind::Cleared)
+    );
     // Digital input through its definition.
     let di = Event {
         ts_ms: T0 + 200_000,
@@ -482,4 +488,67 @@ async fn an_example_definitions_file_parses_and_bad_ones_are_named() {
     let err = AlarmConfig::from_toml("x.toml", "[[point]]\nid = \"a\"\nh = 5.0\nhh = 4.0\n").unwrap_err();
     assert!(err.to_string().contains("point[0]") && err.to_string().contains("hh"), "{err}");
     assert!(AlarmConfig::from_toml("x.toml", "[[point]]\nid = \"a b\"\n").is_err());
+}
+
+/// A store that fails on demand, to show that a failed write announces nothing and is retried.
+struct Flaky {
+    inner: SqliteStore,
+    fail: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl AlarmStore for Flaky {
+    async fn init(&self) -> Result<(), AlarmError> {
+        self.inner.init().await
+    }
+    async fn apply(&self, ops: &[StoreOp]) -> Result<(), AlarmError> {
+        if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(AlarmError::Store(sqlx::Error::PoolTimedOut));
+        }
+        self.inner.apply(ops).await
+    }
+    async fn load(&self) -> Result<store::Snapshot, AlarmError> {
+        self.inner.load().await
+    }
+    async fn audit_records(&self) -> Result<Vec<AuditRecord>, AlarmError> {
+        self.inner.audit_records().await
+    }
+    async fn timeline(&self, alarm_id: i64) -> Result<Vec<TimelineEntry>, AlarmError> {
+        self.inner.timeline(alarm_id).await
+    }
+    async fn alarm(&self, id: i64) -> Result<Option<Alarm>, AlarmError> {
+        self.inner.alarm(id).await
+    }
+    async fn alarms_raised_between(&self, from_ms: i64, to_ms: i64) -> Result<Vec<Alarm>, AlarmError> {
+        self.inner.alarms_raised_between(from_ms, to_ms).await
+    }
+    async fn timeline_between(&self, what: &str, from_ms: i64, to_ms: i64) -> Result<Vec<TimelineEntry>, AlarmError> {
+        self.inner.timeline_between(what, from_ms, to_ms).await
+    }
+}
+
+#[tokio::test]
+async fn a_failed_store_write_announces_nothing_and_the_next_sample_retries() {
+    let dir = tempfile::tempdir().unwrap();
+    let fail = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let store = Flaky { inner: SqliteStore::new(pool(&dir.path().join("a.db")).await), fail: fail.clone() };
+    let mut e = AlarmEngine::open(store, config()).await.unwrap();
+    let mut rx = e.subscribe();
+    let p = pt("TK102.PT");
+    fail.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(e.on_sample(&gw(), &p, &Sample::good(T0, 2.0), T0).await.is_err());
+    assert!(drain(&mut rx).is_empty() && e.open_alarms().is_empty());
+    fail.store(false, std::sync::atomic::Ordering::SeqCst);
+    e.on_sample(&gw(), &p, &Sample::good(T0 + 1000, 2.0), T0 + 1000).await.unwrap();
+    let ch = drain(&mut rx);
+    assert!(matches!(ch.as_slice(), [c] if c.kind == ChangeKind::Raised && c.alarm.raised_ms == T0 + 1000));
+    fail.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(e.on_sample(&gw(), &p, &Sample::good(T0 + 2000, 1.0), T0 + 2000).await.is_err());
+    assert!(e.current(&key("TK102.PT", Condition::Hi)).unwrap().active, "memory unchanged after a failed write");
+    fail.store(false, std::sync::atomic::Ordering::SeqCst);
+    e.on_sample(&gw(), &p, &Sample::good(T0 + 3000, 1.0), T0 + 3000).await.unwrap();
+    let ch = drain(&mut rx);
+    assert!(
+        matches!(ch.as_slice(), [c] if c.kind == ChangeKind::Cleared && c.alarm.cleared_ms == Some(T0 + 3000)),
+        "{ch:#?}"
+    );
 }

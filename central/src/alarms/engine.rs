@@ -488,6 +488,19 @@ impl<S: AlarmStore> AlarmEngine<S> {
         self.commit(plan).await
     }
 
+    /// Anything accepted from a gateway (call once per batch): keeps its silence timer fresh and
+    /// clears its offline alarm.
+    pub async fn on_gateway_seen(&mut self, gateway: &GatewayId, received_ms: i64) -> Result<(), AlarmError> {
+        let g = gateway.as_str();
+        let slot = self.gateway_slot(g) as usize;
+        let gw = &mut self.gateways[slot];
+        gw.last_seen = gw.last_seen.max(received_ms);
+        if !gw.online {
+            self.gateway_back(g, received_ms).await?;
+        }
+        Ok(())
+    }
+
     /// A gateway's birth (online) or death (offline) state, at `ts_ms`.
     pub async fn on_gateway_state(&mut self, gateway: &GatewayId, online: bool, ts_ms: i64) -> Result<(), AlarmError> {
         let g = gateway.as_str();
@@ -649,6 +662,7 @@ impl<S: AlarmStore> AlarmEngine<S> {
             Some(a) => {
                 let mut a = a.clone();
                 a.activations += 1;
+                a.suppressed_by = self.window_for(&key.source, ctx.gateway.as_deref(), ctx.ts);
                 a.historical = a.historical && ctx.historical;
                 (a, ChangeKind::Reactivated)
             }
@@ -695,7 +709,7 @@ impl<S: AlarmStore> AlarmEngine<S> {
             let lvl = self.settings.gas_level(a.activations, a.longest_active_ms);
             a.gas_level = Some(a.gas_level.map_or(lvl, |l| l.max(lvl)));
         }
-        let annunciate = self.annunciates(&a, ctx.ts.max(ctx.received.min(ctx.ts + self.late_ms)));
+        let annunciate = self.annunciates(&a, ctx.ts);
         if !a.historical && !a.replay {
             a.pickup_deadline_ms = Some(ctx.received + self.settings.pickup_ms(a.grade));
         }
