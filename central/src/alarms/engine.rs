@@ -223,7 +223,10 @@ impl<S: AlarmStore> AlarmEngine<S> {
                 match &a.key.source {
                     AlarmSource::Point(p) => {
                         if let (Some(slot), Some(&ix)) = (a.key.condition.slot(), self.index.get(p)) {
-                            let c = &mut self.live[ix as usize].conds[slot];
+                            let det = &mut self.live[ix as usize];
+                            // Older samples arriving after the restart are backfill for the replay lane.
+                            det.last_ts = det.last_ts.max(a.last_active_ms).max(a.cleared_ms.unwrap_or(NONE));
+                            let c = &mut det.conds[slot];
                             c.active = a.active;
                             c.historical = a.active && a.historical;
                         }
