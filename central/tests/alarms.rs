@@ -552,3 +552,18 @@ async fn a_failed_store_write_announces_nothing_and_the_next_sample_retries() {
         "{ch:#?}"
     );
 }
+
+#[tokio::test]
+async fn a_source_clock_far_ahead_does_not_hide_later_samples() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut e, mut rx) = open(&dir.path().join("a.db")).await;
+    let p = pt("TK102.PT");
+    // Ten days ahead: evaluated at the receive time instead.
+    e.on_sample(&gw(), &p, &Sample::good(T0 + 864_000_000, 2.0), T0).await.unwrap();
+    e.on_sample(&gw(), &p, &Sample::good(T0 + 1000, 1.0), T0 + 1000).await.unwrap();
+    let ch = drain(&mut rx);
+    assert_eq!(
+        ch.iter().map(|c| (c.kind.clone(), c.ts_ms, c.alarm.replay)).collect::<Vec<_>>(),
+        vec![(ChangeKind::Raised, T0, false), (ChangeKind::Cleared, T0 + 1000, false)]
+    );
+}

@@ -196,6 +196,8 @@ pub struct GasRule {
 pub struct EngineSettings {
     /// Data older than this at reception (seconds) is late: recorded as history, not announced.
     pub late_after_s: f64,
+    /// Source times more than this far (seconds) ahead of the receive time are replaced by the receive time.
+    pub max_future_s: f64,
     /// A gateway silent for this long (seconds, receive time) is offline.
     pub gateway_silence_s: f64,
     /// Pick-up deadline for grade S and A, seconds.
@@ -218,6 +220,7 @@ impl Default for EngineSettings {
     fn default() -> Self {
         EngineSettings {
             late_after_s: 60.0,
+            max_future_s: 300.0,
             gateway_silence_s: 90.0,
             pickup_sa_s: 180.0,
             pickup_bcd_s: 600.0,
@@ -286,6 +289,7 @@ impl AlarmConfig {
         let e = &self.engine;
         for (n, v) in [
             ("late_after_s", e.late_after_s),
+            ("max_future_s", e.max_future_s),
             ("gateway_silence_s", e.gateway_silence_s),
             ("pickup_sa_s", e.pickup_sa_s),
             ("pickup_bcd_s", e.pickup_bcd_s),

@@ -111,6 +111,7 @@ pub struct AlarmEngine<S: AlarmStore = SqliteStore> {
     store: S,
     settings: EngineSettings,
     late_ms: i64,
+    future_ms: i64,
     defs: Vec<PointDef>,
     compiled: Vec<Compiled>,
     live: Vec<Detector>,
@@ -151,6 +152,7 @@ impl<S: AlarmStore> AlarmEngine<S> {
         let mut e = AlarmEngine {
             store,
             late_ms: secs_to_ms(config.engine.late_after_s),
+            future_ms: secs_to_ms(config.engine.max_future_s),
             settings: config.engine,
             defs: Vec::new(),
             compiled: Vec::new(),
@@ -288,6 +290,14 @@ impl<S: AlarmStore> AlarmEngine<S> {
         bad: bool,
         received_ms: i64,
     ) -> Result<(), AlarmError> {
+        let ts = if ts > received_ms.saturating_add(self.future_ms) {
+            // A source clock far ahead would push the point's timeline into the future and make every
+            // later sample look like backfill: evaluate at the receive time instead.
+            tracing::warn!(point = %self.defs[ix as usize].id, ts, received_ms, "source time in the future; using receive time");
+            received_ms
+        } else {
+            ts
+        };
         let live = received_ms.saturating_sub(ts) <= self.late_ms;
         let c = &self.compiled[ix as usize];
         let det = &mut self.live[ix as usize];
@@ -559,10 +569,11 @@ impl<S: AlarmStore> AlarmEngine<S> {
         for ix in 0..self.defs.len() {
             let gw = self.prt[ix].gw;
             let gw_ok = self.gateways.get(gw as usize).is_none_or(|g| g.online);
-            let dev_ok = match (&self.defs[ix].device, self.gateways.get(gw as usize)) {
-                (Some(d), Some(g)) => !self.offline_devices.contains(&(g.id.clone(), d.clone())),
-                _ => true,
-            };
+            let dev_ok = self.offline_devices.is_empty()
+                || match (&self.defs[ix].device, self.gateways.get(gw as usize)) {
+                    (Some(d), Some(g)) => !self.offline_devices.contains(&(g.id.clone(), d.clone())),
+                    _ => true,
+                };
             self.live[ix].tick(&self.compiled[ix], now_ms, gw_ok && dev_ok, &mut out);
             if !out.is_empty() {
                 let r = self.apply_transitions(ix as u32, &out, false, false, now_ms).await;
