@@ -567,3 +567,18 @@ async fn a_source_clock_far_ahead_does_not_hide_later_samples() {
         vec![(ChangeKind::Raised, T0, false), (ChangeKind::Cleared, T0 + 1000, false)]
     );
 }
+
+/// The engine and its futures can live in a spawned task (ingest will own it there).
+#[tokio::test]
+async fn the_engine_runs_in_a_spawned_task() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut e, mut rx) = open(&dir.path().join("a.db")).await;
+    let h = tokio::spawn(async move {
+        e.on_sample(&gw(), &pt("TK102.PT"), &Sample::good(T0, 2.0), T0).await.unwrap();
+        e.tick(T0 + 1000).await.unwrap();
+        e
+    });
+    let e = h.await.unwrap();
+    assert_eq!(rx.recv().await.unwrap().kind, ChangeKind::Raised);
+    assert_eq!(e.open_alarms().len(), 1);
+}
