@@ -80,10 +80,13 @@ struct GatewayRt {
     last_seen: i64,
 }
 
-#[derive(Debug, Clone, Copy)]
-struct PointRt {
+/// The hot per-point state, kept together so a sample touches one contiguous record.
+#[derive(Debug, Clone)]
+struct Hot {
     /// Gateway slot (from the definition, or learned from the first sample).
     gw: u32,
+    c: Compiled,
+    det: Detector,
 }
 
 #[derive(Default)]
@@ -113,9 +116,7 @@ pub struct AlarmEngine<S: AlarmStore = SqliteStore> {
     late_ms: i64,
     future_ms: i64,
     defs: Vec<PointDef>,
-    compiled: Vec<Compiled>,
-    live: Vec<Detector>,
-    prt: Vec<PointRt>,
+    hot: Vec<Hot>,
     replay: HashMap<u32, Detector>,
     index: FxMap<String, u32>,
     gateways: Vec<GatewayRt>,
@@ -155,9 +156,7 @@ impl<S: AlarmStore> AlarmEngine<S> {
             future_ms: secs_to_ms(config.engine.max_future_s),
             settings: config.engine,
             defs: Vec::new(),
-            compiled: Vec::new(),
-            live: Vec::new(),
-            prt: Vec::new(),
+            hot: Vec::new(),
             replay: HashMap::new(),
             index: FxMap::default(),
             gateways: Vec::new(),
@@ -181,7 +180,7 @@ impl<S: AlarmStore> AlarmEngine<S> {
         for (p, l) in snap.limits {
             if let Some(&ix) = e.index.get(&p) {
                 e.defs[ix as usize].set_limits(l);
-                e.compiled[ix as usize].limits = l;
+                e.hot[ix as usize].c.limits = l;
             }
         }
         let n = snap.open_alarms.len();
@@ -209,10 +208,8 @@ impl<S: AlarmStore> AlarmEngine<S> {
             None => u32::MAX,
         };
         self.index.insert(d.id.clone(), ix);
-        self.compiled.push(Compiled::new(&d));
+        self.hot.push(Hot { gw, c: Compiled::new(&d), det: Detector::default() });
         self.defs.push(d);
-        self.live.push(Detector::default());
-        self.prt.push(PointRt { gw });
         ix
     }
 
@@ -225,7 +222,7 @@ impl<S: AlarmStore> AlarmEngine<S> {
                 match &a.key.source {
                     AlarmSource::Point(p) => {
                         if let (Some(slot), Some(&ix)) = (a.key.condition.slot(), self.index.get(p)) {
-                            let det = &mut self.live[ix as usize];
+                            let det = &mut self.hot[ix as usize].det;
                             // Older samples arriving after the restart are backfill for the replay lane.
                             det.last_ts = det.last_ts.max(a.last_active_ms).max(a.cleared_ms.unwrap_or(NONE));
                             let c = &mut det.conds[slot];
@@ -265,21 +262,22 @@ impl<S: AlarmStore> AlarmEngine<S> {
         let Some(&ix) = self.index.get(point.as_str()) else {
             return Ok(());
         };
-        if self.prt[ix as usize].gw == u32::MAX {
+        if self.hot[ix as usize].gw == u32::MAX {
             let g = self.gateway_slot(gateway.as_str());
-            self.prt[ix as usize].gw = g;
+            self.hot[ix as usize].gw = g;
         }
-        let g = &mut self.gateways[self.prt[ix as usize].gw as usize];
+        let g = &mut self.gateways[self.hot[ix as usize].gw as usize];
         if received_ms > g.last_seen {
             g.last_seen = received_ms;
         }
         let gw_offline = !g.online;
         let bad = sample.quality.severity() == Severity::Bad;
-        self.eval(ix, sample.ts_ms, sample.value.as_f64(), bad, received_ms).await?;
-        if gw_offline {
-            self.gateway_back(gateway.as_str(), received_ms).await?;
+        let pending = self.detect(ix, sample.ts_ms, sample.value.as_f64(), bad, received_ms);
+        if pending.is_none() && !gw_offline {
+            return Ok(());
         }
-        Ok(())
+        // The slow path is boxed so the future of a sample that changes nothing stays small.
+        Box::pin(self.slow(ix, pending, gw_offline.then_some(gateway.as_str()), received_ms)).await
     }
 
     async fn eval(
@@ -290,6 +288,16 @@ impl<S: AlarmStore> AlarmEngine<S> {
         bad: bool,
         received_ms: i64,
     ) -> Result<(), AlarmError> {
+        match self.detect(ix, ts, value, bad, received_ms) {
+            None => Ok(()),
+            Some(p) => Box::pin(self.slow(ix, Some(p), None, received_ms)).await,
+        }
+    }
+
+    /// Runs the detector (memory only). Returns `Some((replay, historical))` when transitions are
+    /// waiting in `self.scratch`.
+    #[inline]
+    fn detect(&mut self, ix: u32, ts: i64, value: Option<f64>, bad: bool, received_ms: i64) -> Option<(bool, bool)> {
         let ts = if ts > received_ms.saturating_add(self.future_ms) {
             // A source clock far ahead would push the point's timeline into the future and make every
             // later sample look like backfill: evaluate at the receive time instead.
@@ -299,28 +307,40 @@ impl<S: AlarmStore> AlarmEngine<S> {
             ts
         };
         let live = received_ms.saturating_sub(ts) <= self.late_ms;
-        let c = &self.compiled[ix as usize];
-        let det = &mut self.live[ix as usize];
-        let mut out = std::mem::take(&mut self.scratch);
+        let h = &mut self.hot[ix as usize];
+        let (c, det) = (&h.c, &mut h.det);
         let replay = ts < det.last_ts;
         if !replay {
-            det.sample(c, ts, value, !bad, live, &mut out);
+            det.sample(c, ts, value, !bad, live, &mut self.scratch);
         } else {
             let r = self.replay.entry(ix).or_default();
             if ts < r.last_ts {
                 tracing::debug!(point = %self.defs[ix as usize].id, ts, "sample older than the replayed history, ignored");
             } else {
-                r.sample(c, ts, value, !bad, false, &mut out);
+                r.sample(c, ts, value, !bad, false, &mut self.scratch);
             }
         }
-        if out.is_empty() {
+        if self.scratch.is_empty() { None } else { Some((replay, !live)) }
+    }
+
+    async fn slow(
+        &mut self,
+        ix: u32,
+        pending: Option<(bool, bool)>,
+        gateway_back: Option<&str>,
+        received_ms: i64,
+    ) -> Result<(), AlarmError> {
+        if let Some((replay, historical)) = pending {
+            let mut out = std::mem::take(&mut self.scratch);
+            let r = self.apply_transitions(ix, &out, replay, historical, received_ms).await;
+            out.clear();
             self.scratch = out;
-            return Ok(());
+            r?;
         }
-        let r = self.apply_transitions(ix, &out, replay, !live, received_ms).await;
-        out.clear();
-        self.scratch = out;
-        r
+        if let Some(g) = gateway_back {
+            self.gateway_back(g, received_ms).await?;
+        }
+        Ok(())
     }
 
     async fn apply_transitions(
@@ -352,7 +372,8 @@ impl<S: AlarmStore> AlarmEngine<S> {
             };
             if let Err(e) = self.commit(plan).await {
                 // Roll the detector back so the next sample or tick retries these transitions.
-                let det = if replay { self.replay.get_mut(&ix) } else { self.live.get_mut(ix as usize) };
+                let det =
+                    if replay { self.replay.get_mut(&ix) } else { self.hot.get_mut(ix as usize).map(|h| &mut h.det) };
                 if let Some(det) = det {
                     for t in &ts[i..] {
                         let c = &mut det.conds[t.slot];
@@ -372,7 +393,7 @@ impl<S: AlarmStore> AlarmEngine<S> {
     }
 
     fn point_gateway(&self, ix: u32) -> Option<String> {
-        let g = self.prt[ix as usize].gw;
+        let g = self.hot[ix as usize].gw;
         self.gateways.get(g as usize).map(|g| g.id.clone())
     }
 
@@ -567,14 +588,15 @@ impl<S: AlarmStore> AlarmEngine<S> {
         }
         let mut out = std::mem::take(&mut self.scratch);
         for ix in 0..self.defs.len() {
-            let gw = self.prt[ix].gw;
+            let gw = self.hot[ix].gw;
             let gw_ok = self.gateways.get(gw as usize).is_none_or(|g| g.online);
             let dev_ok = self.offline_devices.is_empty()
                 || match (&self.defs[ix].device, self.gateways.get(gw as usize)) {
                     (Some(d), Some(g)) => !self.offline_devices.contains(&(g.id.clone(), d.clone())),
                     _ => true,
                 };
-            self.live[ix].tick(&self.compiled[ix], now_ms, gw_ok && dev_ok, &mut out);
+            let h = &mut self.hot[ix];
+            h.det.tick(&h.c, now_ms, gw_ok && dev_ok, &mut out);
             if !out.is_empty() {
                 let r = self.apply_transitions(ix as u32, &out, false, false, now_ms).await;
                 out.clear();
@@ -1277,7 +1299,7 @@ impl<S: AlarmStore> AlarmEngine<S> {
         self.commit(Plan { ops, ..Plan::default() }).await?;
         if let Some(ix) = apply {
             self.defs[ix as usize].set_limits(r.after);
-            self.compiled[ix as usize].limits = r.after;
+            self.hot[ix as usize].c.limits = r.after;
         }
         if r.status == RequestStatus::Requested {
             self.requests.insert(r.id, r);
