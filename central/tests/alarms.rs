@@ -96,8 +96,10 @@ async fn a_burst_of_identical_triggering_samples_raises_one_alarm() {
     for _ in 0..500 {
         e.on_sample(&gw(), &pt("TK101.LT"), &s, T0 + 5).await.unwrap();
     }
+    let r = e.resolve(&pt("TK101.LT")).unwrap();
+    assert!(e.resolve(&pt("NOPE")).is_none());
     for i in 1..500 {
-        e.on_sample(&gw(), &pt("TK101.LT"), &Sample::good(T0 + i, 95.0), T0 + i + 5).await.unwrap();
+        e.on_sample_at(&gw(), r, &Sample::good(T0 + i, 95.0), T0 + i + 5).await.unwrap();
     }
     let ch = drain(&mut rx);
     // HH and H are separate conditions of the same point: one alarm each.

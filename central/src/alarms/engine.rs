@@ -80,6 +80,10 @@ struct GatewayRt {
     last_seen: i64,
 }
 
+/// A point resolved by [`AlarmEngine::resolve`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PointRef(u32);
+
 /// The hot per-point state, kept together so a sample touches one contiguous record.
 #[derive(Debug, Clone)]
 struct Hot {
@@ -249,6 +253,12 @@ impl<S: AlarmStore> AlarmEngine<S> {
 
     // ----- inputs -------------------------------------------------------------------------------
 
+    /// Resolves a point id to a [`PointRef`] (valid for the life of this engine), so a caller that
+    /// keeps it per series can skip the id lookup with [`AlarmEngine::on_sample_at`].
+    pub fn resolve(&self, point: &PointId) -> Option<PointRef> {
+        self.index.get(point.as_str()).map(|&ix| PointRef(ix))
+    }
+
     /// Evaluates one sample of a point (source time `sample.ts_ms`, received at `received_ms`).
     /// Undefined points are ignored. A sample that changes nothing costs a hash lookup and a few
     /// comparisons; one that changes an alarm is durable before this returns.
@@ -259,9 +269,24 @@ impl<S: AlarmStore> AlarmEngine<S> {
         sample: &Sample,
         received_ms: i64,
     ) -> Result<(), AlarmError> {
-        let Some(&ix) = self.index.get(point.as_str()) else {
+        match self.index.get(point.as_str()) {
+            Some(&ix) => self.on_sample_at(gateway, PointRef(ix), sample, received_ms).await,
+            None => Ok(()),
+        }
+    }
+
+    /// [`AlarmEngine::on_sample`] for a point already resolved with [`AlarmEngine::resolve`].
+    pub async fn on_sample_at(
+        &mut self,
+        gateway: &GatewayId,
+        point: PointRef,
+        sample: &Sample,
+        received_ms: i64,
+    ) -> Result<(), AlarmError> {
+        let ix = point.0;
+        if ix as usize >= self.hot.len() {
             return Ok(());
-        };
+        }
         if self.hot[ix as usize].gw == u32::MAX {
             let g = self.gateway_slot(gateway.as_str());
             self.hot[ix as usize].gw = g;

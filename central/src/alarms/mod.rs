@@ -15,7 +15,7 @@ pub mod store;
 
 pub use audit::{AuditRecord, verify_chain};
 pub use config::{AlarmConfig, EngineSettings, PointDef, PointKind};
-pub use engine::AlarmEngine;
+pub use engine::{AlarmEngine, PointRef};
 pub use error::AlarmError;
 pub use model::*;
 pub use store::{AlarmStore, SqliteStore, StoreOp};
