@@ -584,3 +584,16 @@ async fn the_engine_runs_in_a_spawned_task() {
     assert_eq!(rx.recv().await.unwrap().kind, ChangeKind::Raised);
     assert_eq!(e.open_alarms().len(), 1);
 }
+
+#[tokio::test]
+async fn extreme_times_from_callers_do_not_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut e, _rx) = open(&dir.path().join("a.db")).await;
+    for (ts, rx) in [(i64::MIN, i64::MIN), (i64::MAX, i64::MAX), (i64::MIN, i64::MAX), (0, i64::MAX)] {
+        e.on_sample(&gw(), &pt("TK101.LT"), &Sample::good(ts, 99.0), rx).await.unwrap();
+        e.on_sample(&gw(), &pt("TK102.PT"), &Sample::good(ts, 1.0), rx).await.unwrap();
+    }
+    e.tick(i64::MAX).await.unwrap();
+    e.kpis(i64::MIN, i64::MAX).await.unwrap();
+    e.kpis(i64::MAX, i64::MIN).await.unwrap();
+}

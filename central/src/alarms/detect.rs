@@ -199,7 +199,7 @@ impl Detector {
                     && ts > self.last_ts
                     && self.last_value.is_finite()
                 {
-                    let rate = (v - self.last_value).abs() * 1000.0 / (ts - self.last_ts) as f64;
+                    let rate = (v - self.last_value).abs() * 1000.0 / ts.saturating_sub(self.last_ts) as f64;
                     self.step(c, 4, rate > r, ts, Some(rate), Some(r), live, out);
                 }
             }
@@ -234,7 +234,13 @@ impl Detector {
             if stale_allowed && !self.conds[6].active && now_ms.saturating_sub(self.stale_ref) >= s {
                 self.conds[6].active = true;
                 self.conds[6].historical = false;
-                out.push(Transition { slot: 6, to: To::Active, ts_ms: self.stale_ref + s, value: None, limit: None });
+                out.push(Transition {
+                    slot: 6,
+                    to: To::Active,
+                    ts_ms: self.stale_ref.saturating_add(s),
+                    value: None,
+                    limit: None,
+                });
             }
         }
         for slot in 0..Condition::POINT_SLOTS {
@@ -247,7 +253,7 @@ impl Detector {
             }
             let delay = if st.active { c.off_delay_ms } else { c.on_delay_ms };
             if delay > 0 && now_ms.saturating_sub(st.pending_since) >= delay {
-                let ts = st.pending_since + delay;
+                let ts = st.pending_since.saturating_add(delay);
                 st.active = !st.active;
                 st.historical = false;
                 st.pending_since = NONE;

@@ -607,7 +607,7 @@ impl<S: AlarmStore> AlarmEngine<S> {
                 g.last_seen = now_ms; // grace from start: a gateway that never reports goes offline too
             }
             if g.online && now_ms.saturating_sub(g.last_seen) >= silence {
-                let ts = g.last_seen + silence;
+                let ts = g.last_seen.saturating_add(silence);
                 self.gateway_down(slot, ts, now_ms, "silence").await?;
             }
         }
@@ -659,7 +659,7 @@ impl<S: AlarmStore> AlarmEngine<S> {
                 && !a.acked
             {
                 a2.supervisions += 1;
-                a2.pickup_deadline_ms = Some(now_ms + self.settings.pickup_ms(a.grade));
+                a2.pickup_deadline_ms = Some(now_ms.saturating_add(self.settings.pickup_ms(a.grade)));
                 let detail = json!({"supervision": a2.supervisions, "deadline_ms": d}).to_string();
                 plan.ops.push(StoreOp::Timeline(entry(id, now_ms, "supervision", SYSTEM, &detail, false)));
                 plan.changes.push(change(ChangeKind::Supervision, &a2, now_ms, self.annunciates(&a2, now_ms)));
@@ -772,7 +772,7 @@ impl<S: AlarmStore> AlarmEngine<S> {
         }
         let annunciate = self.annunciates(&a, ctx.ts);
         if !a.historical && !a.replay {
-            a.pickup_deadline_ms = Some(ctx.received + self.settings.pickup_ms(a.grade));
+            a.pickup_deadline_ms = Some(ctx.received.saturating_add(self.settings.pickup_ms(a.grade)));
         }
         let what = if kind == ChangeKind::Raised { "raised" } else { "reactivated" };
         let detail = json!({
@@ -824,7 +824,7 @@ impl<S: AlarmStore> AlarmEngine<S> {
         }
         let mut a = a.clone();
         a.historical = false;
-        a.pickup_deadline_ms = Some(ctx.received + self.settings.pickup_ms(a.grade));
+        a.pickup_deadline_ms = Some(ctx.received.saturating_add(self.settings.pickup_ms(a.grade)));
         let annunciate = self.annunciates(&a, ctx.ts);
         let mut plan = Plan::default();
         plan.ops.push(StoreOp::PutAlarm(a.clone()));

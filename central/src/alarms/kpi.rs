@@ -86,15 +86,15 @@ pub fn compute(activations: &[Activation], open: &[&Alarm], from_ms: i64, to_ms:
     for a in open {
         by_ent.entry(a.enterprise.as_deref().unwrap_or("")).or_default();
     }
-    let hours = ((to_ms - from_ms).max(1) as f64 / HOUR_MS as f64).max(1e-9);
-    let n_hours = ((to_ms - from_ms).max(0) + HOUR_MS - 1) / HOUR_MS;
+    let hours = (to_ms.saturating_sub(from_ms).max(1) as f64 / HOUR_MS as f64).max(1e-9);
+    let n_hours = to_ms.saturating_sub(from_ms).max(0).saturating_add(HOUR_MS - 1) / HOUR_MS;
     by_ent
         .into_iter()
         .map(|(ent, mut acts)| {
             acts.sort_by_key(|a| a.ts_ms);
             let mut per_hour: HashMap<i64, usize> = HashMap::new();
             for a in &acts {
-                *per_hour.entry((a.ts_ms - from_ms) / HOUR_MS).or_default() += 1;
+                *per_hour.entry(a.ts_ms.saturating_sub(from_ms) / HOUR_MS).or_default() += 1;
             }
             let over = per_hour.values().filter(|&&c| c > 3).count();
             let ts: Vec<i64> = acts.iter().map(|a| a.ts_ms).collect();
@@ -102,7 +102,7 @@ pub fn compute(activations: &[Activation], open: &[&Alarm], from_ms: i64, to_ms:
             let mut in_flood = false;
             let mut j = 0;
             for i in 0..ts.len() {
-                while ts[i] - ts[j] >= FLOOD_WINDOW_MS {
+                while ts[i].saturating_sub(ts[j]) >= FLOOD_WINDOW_MS {
                     j += 1;
                 }
                 let n = i - j + 1;
@@ -119,7 +119,9 @@ pub fn compute(activations: &[Activation], open: &[&Alarm], from_ms: i64, to_ms:
             }
             let chattering = per_source
                 .iter()
-                .filter(|(_, t)| t.windows(CHATTER_COUNT).any(|w| w[CHATTER_COUNT - 1] - w[0] < CHATTER_WINDOW_MS))
+                .filter(|(_, t)| {
+                    t.windows(CHATTER_COUNT).any(|w| w[CHATTER_COUNT - 1].saturating_sub(w[0]) < CHATTER_WINDOW_MS)
+                })
                 .map(|(s, _)| (*s).to_owned())
                 .collect();
             let mut top: Vec<(String, usize)> = per_source.iter().map(|(s, t)| ((*s).to_owned(), t.len())).collect();
@@ -131,7 +133,7 @@ pub fn compute(activations: &[Activation], open: &[&Alarm], from_ms: i64, to_ms:
                     a.enterprise.as_deref().unwrap_or("") == ent && a.active && !a.replay && a.last_active_ms < to_ms
                 })
                 .collect();
-            let stale = standing.iter().filter(|a| to_ms - a.last_active_ms > STALE_MS).count();
+            let stale = standing.iter().filter(|a| to_ms.saturating_sub(a.last_active_ms) > STALE_MS).count();
             KpiReport {
                 enterprise: ent.to_owned(),
                 from_ms,
