@@ -597,3 +597,22 @@ async fn extreme_times_from_callers_do_not_panic() {
     e.kpis(i64::MIN, i64::MAX).await.unwrap();
     e.kpis(i64::MAX, i64::MIN).await.unwrap();
 }
+
+#[tokio::test]
+async fn undefined_cameras_are_bounded_but_still_alarm() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config();
+    cfg.engine.max_auto_cameras = 2;
+    let mut e = AlarmEngine::open_sqlite(pool(&dir.path().join("a.db")).await, cfg).await.unwrap();
+    let n = e.point_count();
+    for (i, cam) in ["c1", "c2", "c3", "c4"].into_iter().enumerate() {
+        let mut ev = gas(T0 + i as i64, DetectionPhase::Start, 10.0);
+        if let EventKind::GasDetection(d) = &mut ev.kind {
+            d.camera = cam.into();
+        }
+        e.on_event(&gw(), &ev, T0 + i as i64).await.unwrap();
+    }
+    assert_eq!(e.point_count(), n + 3, "two cameras plus the shared 'unlisted' point");
+    assert!(e.current(&key("gw-01/cam/c2", Condition::GasLeak)).is_some());
+    assert!(e.current(&key("gw-01/cam/unlisted", Condition::GasLeak)).is_some_and(|a| a.active));
+}

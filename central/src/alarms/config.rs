@@ -206,6 +206,9 @@ pub struct EngineSettings {
     pub pickup_bcd_s: f64,
     /// Grade of alarms raised by gateway offline, device offline, source faults and data loss.
     pub infrastructure_grade: Grade,
+    /// At most this many definitions are created for cameras missing from the file (beyond that,
+    /// detections alarm under `{gateway}/cam/unlisted`).
+    pub max_auto_cameras: usize,
     /// Grade of gas-camera detections without a definition.
     pub gas_default_grade: Grade,
     /// Rule for red.
@@ -226,6 +229,7 @@ impl Default for EngineSettings {
             pickup_bcd_s: 600.0,
             infrastructure_grade: Grade::B,
             gas_default_grade: Grade::A,
+            max_auto_cameras: 4096,
             gas_red: GasRule { repeats: 5, duration_s: 1800.0 },
             gas_orange: GasRule { repeats: 3, duration_s: 600.0 },
             gas_yellow: GasRule { repeats: 2, duration_s: 180.0 },

@@ -119,6 +119,7 @@ pub struct AlarmEngine<S: AlarmStore = SqliteStore> {
     settings: EngineSettings,
     late_ms: i64,
     future_ms: i64,
+    auto_points: usize,
     defs: Vec<PointDef>,
     hot: Vec<Hot>,
     replay: HashMap<u32, Detector>,
@@ -158,6 +159,7 @@ impl<S: AlarmStore> AlarmEngine<S> {
             store,
             late_ms: secs_to_ms(config.engine.late_after_s),
             future_ms: secs_to_ms(config.engine.max_future_s),
+            auto_points: 0,
             settings: config.engine,
             defs: Vec::new(),
             hot: Vec::new(),
@@ -436,10 +438,16 @@ impl<S: AlarmStore> AlarmEngine<S> {
         let ts = event.ts_ms;
         match &event.kind {
             EventKind::GasDetection(d) => {
-                let id = format!("{g}/cam/{}", d.camera);
+                let mut id = format!("{g}/cam/{}", d.camera);
+                if !self.index.contains_key(&id) && self.auto_points >= self.settings.max_auto_cameras {
+                    // Bound what gateway-supplied names can add; the detection still alarms.
+                    tracing::error!(point = %id, "too many undefined cameras; alarming under {g}/cam/unlisted");
+                    id = format!("{g}/cam/unlisted");
+                }
                 let ix = match self.index.get(&id) {
                     Some(&ix) => ix,
                     None => {
+                        self.auto_points += 1;
                         let mut def = PointDef::new(id);
                         def.kind = PointKind::GasCamera;
                         def.gateway = Some(g.to_owned());
