@@ -1,6 +1,7 @@
 //! `vigil-central`: the park aggregator. Ingest (verify, deduplicate, WAL, acknowledge), the
-//! historian (compressed chunks, queries) and its HTTP query endpoints.
+//! historian (compressed chunks, queries) and its HTTP query endpoints, and the alarm engine.
 
+pub mod alarms;
 pub mod api;
 pub mod config;
 pub mod historian;
