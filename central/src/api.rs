@@ -26,6 +26,8 @@ pub struct ApiState {
     pub historian: Arc<RwLock<Historian>>,
     /// Ingest counters.
     pub metrics: Arc<IngestMetrics>,
+    /// The alarm engine, when central runs one.
+    pub alarms: Option<Arc<tokio::sync::Mutex<crate::alarms::AlarmEngine>>>,
 }
 
 /// A JSON error body with a status.
@@ -144,6 +146,14 @@ async fn aggregate(
     .await
 }
 
+/// Alarms not yet back to normal and closed, oldest first.
+async fn open_alarms(State(st): State<ApiState>) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    let engine = st.alarms.ok_or_else(|| ApiError(StatusCode::NOT_FOUND, "central runs no alarm engine".into()))?;
+    let engine = engine.lock().await;
+    let alarms: Vec<&crate::alarms::Alarm> = engine.open_alarms();
+    Ok(axum::Json(serde_json::json!({ "alarms": alarms })))
+}
+
 async fn points(State(st): State<ApiState>) -> Result<axum::Json<serde_json::Value>, ApiError> {
     blocking(move || {
         let h = read(&st.historian)?;
@@ -175,6 +185,7 @@ async fn metrics(State(st): State<ApiState>) -> Result<String, ApiError> {
 pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/api/v1/points", get(points))
+        .route("/api/v1/alarms", get(open_alarms))
         .route("/api/v1/latest", get(latest))
         .route("/api/v1/raw", get(raw))
         .route("/api/v1/aggregate", get(aggregate))

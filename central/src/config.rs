@@ -55,6 +55,9 @@ pub struct Config {
     /// HTTP query API.
     #[serde(default)]
     pub api: ApiConfig,
+    /// Alarm definitions file (see `configs/examples/alarms.toml`); without it the alarm engine
+    /// still raises gateway and device offline, source-fault and data-loss alarms.
+    pub alarms: Option<PathBuf>,
 }
 
 /// External broker connection.
@@ -164,6 +167,11 @@ impl Config {
             if p.is_relative() {
                 *p = base.join(&*p);
             }
+        }
+        if let Some(p) = &mut c.alarms
+            && p.is_relative()
+        {
+            *p = base.join(&*p);
         }
         if let Some(t) = &mut c.mqtt.tls {
             for p in [&mut t.ca_file, &mut t.cert_file, &mut t.key_file] {

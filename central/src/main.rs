@@ -2,6 +2,7 @@
 //! `gateway add|revoke|list` (the registry), `keygen` and `pubkey` (central's signing identity).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -78,11 +79,42 @@ async fn registry(config: &Path) -> Result<Registry> {
     Registry::open(&cfg.data_dir).await.with_context(|| format!("opening the registry in {}", cfg.data_dir.display()))
 }
 
+/// The alarm engine on `alarms.db` in the data directory, with the configured definitions.
+async fn open_alarm_engine(cfg: &Config) -> Result<vigil_central::alarms::AlarmEngine> {
+    use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+    let definitions = match &cfg.alarms {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            vigil_central::alarms::AlarmConfig::from_toml(&path.display().to_string(), &text)?
+        }
+        None => vigil_central::alarms::AlarmConfig::from_toml("(built-in defaults)", "")?,
+    };
+    let options = SqliteConnectOptions::new()
+        .filename(cfg.data_dir.join("alarms.db"))
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal);
+    let pool = SqlitePoolOptions::new().max_connections(2).connect_with(options).await.context("opening alarms.db")?;
+    Ok(vigil_central::alarms::AlarmEngine::open_sqlite(pool, definitions).await?)
+}
+
 async fn run(config: &Path) -> Result<()> {
     let cfg = Config::load(config)?;
+    let (stop_feed_tx, stop_feed) = tokio::sync::watch::channel(false);
     let key = vigil_common::keyfile::load(&cfg.key_file).context("reading the central key")?;
     let core = Core::open(cfg.clone(), key).await.context("opening the data directory")?;
-    let state = vigil_central::api::ApiState { historian: core.historian.clone(), metrics: core.metrics.clone() };
+    let engine = Arc::new(tokio::sync::Mutex::new(open_alarm_engine(&cfg).await?));
+    let feed = tokio::spawn(vigil_central::alarms::feed::run(
+        engine.clone(),
+        core.streams.alarms.subscribe(),
+        core.streams.telemetry.subscribe(),
+        Arc::default(),
+        stop_feed.clone(),
+    ));
+    let state = vigil_central::api::ApiState {
+        historian: core.historian.clone(),
+        metrics: core.metrics.clone(),
+        alarms: Some(engine.clone()),
+    };
     let listen = cfg.api.listen;
     let listener =
         tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding the API to {listen}"))?;
@@ -112,6 +144,8 @@ async fn run(config: &Path) -> Result<()> {
         tracing::info!("shutting down: final checkpoint");
     };
     ingest::run(core, client, rx, shutdown).await.context("ingest stopped")?;
+    let _ = stop_feed_tx.send(true);
+    let _ = feed.await;
     Ok(())
 }
 

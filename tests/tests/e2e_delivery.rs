@@ -33,12 +33,25 @@ fn setup() -> Park {
         run_to_end("vigil-central", &["keygen", "--out", d.join("central.key").to_str().unwrap()]).unwrap();
     let gw_pub = run_to_end("vigil-edge", &["keygen", "--out", d.join("gw.key").to_str().unwrap()]).unwrap();
     let api_port = free_port().unwrap();
+    // Each gateway run counts its heartbeat up from 0: past 30 it crosses HH.
+    write(
+        &d.join("alarms.toml"),
+        r#"
+[[point]]
+id = "gw-1/gateway.heartbeat"
+gateway = "gw-1"
+grade = "A"
+hh = 30.0
+"#
+        .to_owned(),
+    );
     write(
         &d.join("central.toml"),
         format!(
             r#"
 data_dir = "{data}"
 key_file = "{key}"
+alarms = "{alarms}"
 
 [mqtt]
 host = "127.0.0.1"
@@ -58,6 +71,7 @@ checkpoint_interval_s = 2
 [api]
 listen = "127.0.0.1:{api_port}"
 "#,
+            alarms = d.join("alarms.toml").display(),
             data = d.join("central-data").display(),
             key = d.join("central.key").display(),
             port = broker.port(),
@@ -166,8 +180,12 @@ fn gateway_and_central_killed_repeatedly_lose_and_duplicate_nothing() {
             edge = spawn("vigil-edge", &gw_args, &d.join("edge.log")).unwrap();
         }
     }
-    // Let the last runs settle: the gateway's backlog drains and central acknowledges it.
+    // Let the last runs settle: the gateway's backlog drains and central acknowledges it. The
+    // heartbeat of the running gateway is past its HH limit by now: the alarm engine raised it.
     std::thread::sleep(Duration::from_secs(4));
+    let (status, body) = http_get(park.api_port, "/api/v1/alarms").unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("gw-1/gateway.heartbeat") && body.contains("HiHi"), "HH alarm for the heartbeat: {body}");
     terminate(&mut edge).unwrap();
     let start = Instant::now();
     let mut samples = heartbeats(park.api_port);

@@ -255,6 +255,11 @@ impl<S: AlarmStore> AlarmEngine<S> {
 
     // ----- inputs -------------------------------------------------------------------------------
 
+    /// Resolves a definition key (`{gateway}/{point}`) to a [`PointRef`]; see [`AlarmEngine::resolve`].
+    pub fn resolve_key(&self, key: &str) -> Option<PointRef> {
+        self.index.get(key).map(|&ix| PointRef(ix))
+    }
+
     /// Resolves a point id to a [`PointRef`] (valid for the life of this engine), so a caller that
     /// keeps it per series can skip the id lookup with [`AlarmEngine::on_sample_at`].
     pub fn resolve(&self, point: &PointId) -> Option<PointRef> {

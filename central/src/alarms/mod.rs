@@ -9,6 +9,7 @@ pub mod config;
 mod detect;
 pub mod engine;
 pub mod error;
+pub mod feed;
 pub mod kpi;
 pub mod model;
 pub mod store;

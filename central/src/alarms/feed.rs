@@ -1,0 +1,86 @@
+//! Feeds what ingest stored to the alarm engine: the alarm/event lane first, telemetry after, a
+//! tick every second. Points are defined as `{gateway}/{point}`; each series is resolved once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Mutex, broadcast, watch};
+
+use super::AlarmEngine;
+use crate::ingest::Ingested;
+
+/// Counters of the feed.
+#[derive(Debug, Default)]
+pub struct FeedMetrics {
+    /// Batches evaluated.
+    pub batches: std::sync::atomic::AtomicU64,
+    /// Batches the feed fell behind on and never saw (broadcast lag). Their data is stored in the
+    /// WAL and historian; their alarms were not evaluated.
+    pub lagged: std::sync::atomic::AtomicU64,
+    /// Engine errors (each logged; evaluation goes on with the next batch).
+    pub errors: std::sync::atomic::AtomicU64,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+async fn evaluate(engine: &Mutex<AlarmEngine>, item: &Ingested, metrics: &FeedMetrics) {
+    let received = now_ms();
+    let batch = &item.batch;
+    let mut engine = engine.lock().await;
+    let mut result = engine.on_gateway_seen(&batch.gateway, received).await;
+    for event in &batch.events {
+        if result.is_ok() {
+            result = engine.on_event(&batch.gateway, event, received).await;
+        }
+    }
+    for series in &batch.series {
+        let key = format!("{}/{}", batch.gateway, series.point);
+        let Some(point) = engine.resolve_key(&key) else { continue };
+        for sample in &series.samples {
+            if result.is_ok() {
+                result = engine.on_sample_at(&batch.gateway, point, sample, received).await;
+            }
+        }
+    }
+    metrics.batches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    if let Err(e) = result {
+        metrics.errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::error!(gateway = %batch.gateway, seq = batch.seq, error = %e, "alarm evaluation failed");
+    }
+}
+
+/// Runs until `shutdown` turns true or both streams close.
+pub async fn run(
+    engine: Arc<Mutex<AlarmEngine>>,
+    mut alarms: broadcast::Receiver<Arc<Ingested>>,
+    mut telemetry: broadcast::Receiver<Arc<Ingested>>,
+    metrics: Arc<FeedMetrics>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        let item = tokio::select! {
+            biased;
+            _ = shutdown.changed() => if *shutdown.borrow() { return } else { continue },
+            r = alarms.recv() => r,
+            r = telemetry.recv() => r,
+            _ = tick.tick() => {
+                if let Err(e) = engine.lock().await.tick(now_ms()).await {
+                    metrics.errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::error!(error = %e, "alarm tick failed");
+                }
+                continue;
+            }
+        };
+        match item {
+            Ok(item) => evaluate(&engine, &item, &metrics).await,
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                metrics.lagged.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                tracing::error!(batches = n, "alarm feed fell behind ingest; those batches were not evaluated");
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
