@@ -12,7 +12,9 @@ use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS, TlsConfig
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc};
 use vigil_common::envelope::{EnvelopeError, HEADER_LEN};
-use vigil_common::{Ack, Batch, BatchError, Channel, EnterpriseId, GatewayId, Priority, SigningKey, Topic};
+use vigil_common::{
+    Ack, Batch, BatchError, Channel, EnterpriseId, GatewayId, GatewayState, Priority, SigningKey, Topic,
+};
 
 use crate::config::{Config, MqttConfig};
 use crate::historian::{FileChunkStore, Historian, HistorianError};
@@ -134,6 +136,8 @@ pub struct IngestMetrics {
     pub rejected: [AtomicU64; 11],
     /// State messages received.
     pub states_received: AtomicU64,
+    /// State messages refused (unknown gateway, bad signature, malformed).
+    pub states_rejected: AtomicU64,
     /// Acks published.
     pub acks_sent: AtomicU64,
     /// Acks that could not be queued (the gateway re-sends and gets acknowledged again).
@@ -181,6 +185,7 @@ impl IngestMetrics {
             ("vigil_ingest_events_accepted_total", g(&self.events_accepted)),
             ("vigil_ingest_duplicates_total", g(&self.duplicates)),
             ("vigil_ingest_states_received_total", g(&self.states_received)),
+            ("vigil_ingest_states_rejected_total", g(&self.states_rejected)),
             ("vigil_ingest_acks_sent_total", g(&self.acks_sent)),
             ("vigil_ingest_acks_dropped_total", g(&self.acks_dropped)),
             ("vigil_ingest_resend_ranges_total", g(&self.resend_ranges)),
@@ -218,11 +223,17 @@ pub struct Streams {
     pub alarms: broadcast::Sender<Arc<Ingested>>,
     /// Live and backfill batches.
     pub telemetry: broadcast::Sender<Arc<Ingested>>,
+    /// Verified gateway birth/death states, with central's receive time (UTC ms).
+    pub states: broadcast::Sender<Arc<(GatewayState, i64)>>,
 }
 
 impl Default for Streams {
     fn default() -> Self {
-        Streams { alarms: broadcast::channel(4096).0, telemetry: broadcast::channel(1024).0 }
+        Streams {
+            alarms: broadcast::channel(4096).0,
+            telemetry: broadcast::channel(1024).0,
+            states: broadcast::channel(1024).0,
+        }
     }
 }
 
@@ -434,6 +445,24 @@ impl Core {
             };
             if topic.channel == Channel::UpState {
                 m.states_received.fetch_add(1, Ordering::Relaxed);
+                let verified = self
+                    .keys
+                    .get(&topic.gateway)
+                    .map(|gk| GatewayState::open(&msg.payload, &topic.gateway, |kid| gk.usable(kid, now)));
+                match verified {
+                    Some(Ok(state)) => {
+                        tracing::info!(gateway = %topic.gateway, online = state.online, "ingest: gateway state");
+                        let _ = self.streams.states.send(Arc::new((state, now)));
+                    }
+                    Some(Err(e)) => {
+                        m.states_rejected.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(gateway = %topic.gateway, error = %e, "ingest: gateway state rejected");
+                    }
+                    None => {
+                        m.states_rejected.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(gateway = %topic.gateway, "ingest: state from an unregistered gateway rejected");
+                    }
+                }
                 states.push((topic.gateway, msg.payload.len()));
                 continue;
             }

@@ -107,6 +107,7 @@ async fn run(config: &Path) -> Result<()> {
         engine.clone(),
         core.streams.alarms.subscribe(),
         core.streams.telemetry.subscribe(),
+        core.streams.states.subscribe(),
         Arc::default(),
         stop_feed.clone(),
     ));

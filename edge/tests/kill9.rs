@@ -80,18 +80,18 @@ async fn sigkill_twenty_times_loses_and_duplicates_nothing() {
         points.extend(b.series.iter().map(|s| s.point.clone()));
     }
     for point in points {
-        let ts: Vec<(i64, u64, vigil_common::Priority)> = r
+        let ts: Vec<(i64, u64, vigil_common::Priority, String)> = r
             .batches
             .values()
             .flat_map(|b| {
                 b.series
                     .iter()
                     .filter(|s| s.point == point)
-                    .flat_map(|s| s.samples.iter().map(|x| (x.ts_ms, b.seq, b.class)))
+                    .flat_map(|s| s.samples.iter().map(|x| (x.ts_ms, b.seq, b.class, format!("{:?}", x.value))))
             })
             .collect();
         let bad: Vec<_> = ts.windows(2).filter(|w| w[0].0 >= w[1].0).collect();
-        assert!(bad.is_empty(), "{point}: samples duplicated or out of order (ts, seq, class): {bad:?}");
+        assert!(bad.is_empty(), "{point}: samples duplicated or out of order (ts, seq, class, value): {bad:?}");
         assert!(ts.len() > 100, "{point}: only {} samples", ts.len());
     }
     let starts = r

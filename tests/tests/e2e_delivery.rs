@@ -186,6 +186,9 @@ fn gateway_and_central_killed_repeatedly_lose_and_duplicate_nothing() {
     let (status, body) = http_get(park.api_port, "/api/v1/alarms").unwrap();
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("gw-1/gateway.heartbeat") && body.contains("HiHi"), "HH alarm for the heartbeat: {body}");
+    // Each SIGKILL of the gateway made the broker publish its signed will: central raised the
+    // gateway-offline alarm from it (and cleared it on the next birth).
+    assert!(body.contains("GatewayOffline"), "gateway offline alarm from the will: {body}");
     terminate(&mut edge).unwrap();
     let start = Instant::now();
     let mut samples = heartbeats(park.api_port);

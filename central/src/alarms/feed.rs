@@ -56,15 +56,34 @@ pub async fn run(
     engine: Arc<Mutex<AlarmEngine>>,
     mut alarms: broadcast::Receiver<Arc<Ingested>>,
     mut telemetry: broadcast::Receiver<Arc<Ingested>>,
+    mut states: broadcast::Receiver<Arc<(vigil_common::GatewayState, i64)>>,
     metrics: Arc<FeedMetrics>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut states_open = true;
     loop {
         let item = tokio::select! {
             biased;
             _ = shutdown.changed() => if *shutdown.borrow() { return } else { continue },
             r = alarms.recv() => r,
+            s = states.recv(), if states_open => {
+                match s {
+                    Ok(s) => {
+                        let (state, received) = &*s;
+                        // Central's receive time: a will carries the time its connection was opened.
+                        if let Err(e) = engine.lock().await.on_gateway_state(&state.gateway, state.online, *received).await {
+                            metrics.errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            tracing::error!(gateway = %state.gateway, error = %e, "gateway state evaluation failed");
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        metrics.lagged.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    Err(broadcast::error::RecvError::Closed) => states_open = false,
+                }
+                continue;
+            }
             r = telemetry.recv() => r,
             _ = tick.tick() => {
                 if let Err(e) = engine.lock().await.tick(now_ms()).await {

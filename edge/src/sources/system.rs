@@ -52,6 +52,7 @@ pub async fn run<S: Spool>(
     // After a stall, report once and then a full period later, never two reports in one millisecond.
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut beat: i64 = 0;
+    let mut last_ts = i64::MIN;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -66,7 +67,10 @@ pub async fn run<S: Spool>(
             Value::I64(stats.classes.iter().map(|c| c.bytes).sum::<u64>() as i64),
             Value::I64((dropped.alarm_event.batches + dropped.live.batches + dropped.backfill.batches) as i64),
         ];
-        let ts_ms = now_ms();
+        // Strictly increasing even when two ticks land in one millisecond or the wall clock steps
+        // back: a health series never holds two samples at one instant.
+        let ts_ms = now_ms().max(last_ts + 1);
+        last_ts = ts_ms;
         let clock = ClockQuality { synchronised: false, source: TimeSource::Gateway };
         for (point, value) in ids.iter().zip(values) {
             let record =
