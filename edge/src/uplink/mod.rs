@@ -287,7 +287,7 @@ impl<S: Spool + 'static> Uplink<S> {
                 dropped: stats.dropped,
             },
         };
-        // A state that cannot be sealed is a bug in the contract; send nothing rather than garbage.
+        // Sealing only fails on a bug in the contract; the empty payload then clears the retained state.
         state.seal(&self.key).unwrap_or_default()
     }
 
