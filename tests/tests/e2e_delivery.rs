@@ -189,7 +189,7 @@ fn gateway_and_central_killed_repeatedly_lose_and_duplicate_nothing() {
     // Each SIGKILL of the gateway made the broker publish its signed will: central raised the
     // gateway-offline alarm from it (and cleared it on the next birth).
     assert!(body.contains("GatewayOffline"), "gateway offline alarm from the will: {body}");
-    // Central was SIGKILLed mid-alarm three times and the heartbeat crossed HH again in every
+    // Central was SIGKILLed twice mid-alarm and the heartbeat crossed HH again in every
     // gateway run: still one live alarm record for that point and condition, re-activated, never
     // doubled. (Backfill older than the point's newest data is recorded apart as replay records.)
     let alarms: serde_json::Value = serde_json::from_str(&body).unwrap();
