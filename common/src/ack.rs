@@ -96,8 +96,7 @@ impl Ack {
     /// Encodes and signs with the central key.
     pub fn seal(&self, key: &SigningKey) -> Result<Vec<u8>, AckError> {
         self.validate()?;
-        let payload = postcard::to_allocvec(self).map_err(|e| AckError::Payload(e.to_string()))?;
-        Ok(envelope::seal(Kind::Ack, &payload, key))
+        envelope::seal_message(Kind::Ack, self, key).map_err(AckError::Payload)
     }
 
     /// Verifies with the central key(s), decodes, validates, and checks it is for `gateway` and `epoch`.
@@ -108,11 +107,7 @@ impl Ack {
         key_for: impl FnOnce(KeyId) -> Option<PublicKey>,
     ) -> Result<Ack, AckError> {
         let verified = envelope::open(bytes, Kind::Ack, key_for)?;
-        let (ack, rest): (Ack, &[u8]) =
-            postcard::take_from_bytes(verified.payload).map_err(|e| AckError::Payload(e.to_string()))?;
-        if !rest.is_empty() {
-            return Err(AckError::Payload(format!("{} trailing bytes", rest.len())));
-        }
+        let ack: Ack = envelope::decode_exact(verified.payload).map_err(AckError::Payload)?;
         ack.validate()?;
         if &ack.gateway != gateway || ack.epoch != epoch {
             return Err(AckError::NotForUs { gateway: ack.gateway.to_string(), epoch: ack.epoch });

@@ -75,8 +75,7 @@ pub enum CommandError {
 impl Command {
     /// Encodes and signs with the central key.
     pub fn seal(&self, key: &SigningKey) -> Result<Vec<u8>, CommandError> {
-        let payload = postcard::to_allocvec(self).map_err(|e| CommandError::Payload(e.to_string()))?;
-        Ok(envelope::seal(Kind::Command, &payload, key))
+        envelope::seal_message(Kind::Command, self, key).map_err(CommandError::Payload)
     }
 
     /// Verifies with central's key(s), decodes, and checks addressee, expiry at `now_ms` and that the
@@ -89,11 +88,7 @@ impl Command {
         key_for: impl FnOnce(KeyId) -> Option<PublicKey>,
     ) -> Result<Command, CommandError> {
         let verified = envelope::open(bytes, Kind::Command, key_for)?;
-        let (cmd, rest): (Command, &[u8]) =
-            postcard::take_from_bytes(verified.payload).map_err(|e| CommandError::Payload(e.to_string()))?;
-        if !rest.is_empty() {
-            return Err(CommandError::Payload(format!("{} trailing bytes", rest.len())));
-        }
+        let cmd: Command = envelope::decode_exact(verified.payload).map_err(CommandError::Payload)?;
         if &cmd.gateway != gateway {
             return Err(CommandError::NotForUs { id: cmd.id, gateway: cmd.gateway.to_string() });
         }

@@ -282,6 +282,21 @@ pub struct Verified<'a> {
     pub payload: &'a [u8],
 }
 
+/// Encodes a small control message (ack, command, state) with postcard and seals it.
+pub fn seal_message<T: serde::Serialize>(kind: Kind, message: &T, key: &SigningKey) -> Result<Vec<u8>, String> {
+    let payload = postcard::to_allocvec(message).map_err(|e| e.to_string())?;
+    Ok(seal(kind, &payload, key))
+}
+
+/// Decodes a verified postcard payload that must be consumed exactly (no trailing bytes).
+pub fn decode_exact<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<T, String> {
+    let (value, rest): (T, &[u8]) = postcard::take_from_bytes(payload).map_err(|e| e.to_string())?;
+    if !rest.is_empty() {
+        return Err(format!("{} trailing bytes", rest.len()));
+    }
+    Ok(value)
+}
+
 /// Wraps `payload` in a signed envelope of `kind`.
 pub fn seal(kind: Kind, payload: &[u8], key: &SigningKey) -> Vec<u8> {
     let public = key.public_key();

@@ -61,8 +61,7 @@ pub enum StateError {
 impl GatewayState {
     /// Encodes and signs with the gateway's key.
     pub fn seal(&self, key: &SigningKey) -> Result<Vec<u8>, StateError> {
-        let payload = postcard::to_allocvec(self).map_err(|e| StateError::Payload(e.to_string()))?;
-        Ok(envelope::seal(Kind::State, &payload, key))
+        envelope::seal_message(Kind::State, self, key).map_err(StateError::Payload)
     }
 
     /// Verifies with the gateway's key(s), decodes, and checks it names `gateway`.
@@ -72,11 +71,7 @@ impl GatewayState {
         key_for: impl FnOnce(KeyId) -> Option<PublicKey>,
     ) -> Result<GatewayState, StateError> {
         let verified = envelope::open(bytes, Kind::State, key_for)?;
-        let (state, rest): (GatewayState, &[u8]) =
-            postcard::take_from_bytes(verified.payload).map_err(|e| StateError::Payload(e.to_string()))?;
-        if !rest.is_empty() {
-            return Err(StateError::Payload(format!("{} trailing bytes", rest.len())));
-        }
+        let state: GatewayState = envelope::decode_exact(verified.payload).map_err(StateError::Payload)?;
         if &state.gateway != gateway {
             return Err(StateError::GatewayMismatch {
                 inside: state.gateway.to_string(),
