@@ -1,47 +1,23 @@
-//! HTTP query endpoints of the historian under `/api/v1/` (JSON), and `/metrics` (Prometheus text).
+//! The historian's query endpoints under `/api/v1/` (JSON), and `/metrics` (Prometheus text).
+//! A confined caller (enterprise user, field technician) sees only points of its enterprises'
+//! gateways; any other point answers 404 as if it did not exist.
 
-use std::net::SocketAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::RwLock;
 
 use axum::Router;
 use axum::extract::{Query, State};
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::{Deserialize, Serialize};
 use vigil_common::{GatewayId, PointId, Sample, Value};
 
+use super::auth::READ_DATA;
+use super::{ApiError, ApiState, Principal, bad, limit, page};
 use crate::historian::{Bucket, Historian, SeriesKey};
-use crate::ingest::IngestMetrics;
 
 /// Most samples one raw query returns.
 pub const MAX_RAW: usize = 100_000;
 /// Most points one latest query names.
 pub const MAX_LATEST: usize = 10_000;
-
-/// Shared state of the handlers.
-#[derive(Clone)]
-pub struct ApiState {
-    /// The historian.
-    pub historian: Arc<RwLock<Historian>>,
-    /// Ingest counters.
-    pub metrics: Arc<IngestMetrics>,
-    /// The alarm engine, when central runs one.
-    pub alarms: Option<Arc<tokio::sync::Mutex<crate::alarms::AlarmEngine>>>,
-}
-
-/// A JSON error body with a status.
-pub struct ApiError(StatusCode, String);
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        (self.0, axum::Json(serde_json::json!({ "error": self.1 }))).into_response()
-    }
-}
-
-fn bad(msg: impl Into<String>) -> ApiError {
-    ApiError(StatusCode::BAD_REQUEST, msg.into())
-}
 
 /// Parses `gateway/point` (a gateway id holds no `/`, so the first one separates).
 pub fn parse_point(s: &str) -> Result<SeriesKey, ApiError> {
@@ -92,20 +68,30 @@ struct RangeQ {
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, ApiError> + Send + 'static) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+    tokio::task::spawn_blocking(f).await.map_err(|e| ApiError::internal(e.to_string()))?
 }
 
 fn read(h: &RwLock<Historian>) -> Result<std::sync::RwLockReadGuard<'_, Historian>, ApiError> {
-    h.read().map_err(|_| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "historian lock poisoned".into()))
+    h.read().map_err(|_| ApiError::internal("historian lock poisoned"))
+}
+
+/// 404 unless `p` may see `key`.
+async fn visible(st: &ApiState, p: &Principal, key: &SeriesKey) -> Result<(), ApiError> {
+    st.scope.check_gateway(p, key.gateway.as_str(), &format!("point {}/{}", key.gateway, key.point)).await
 }
 
 async fn latest(
     State(st): State<ApiState>,
+    p: Principal,
     Query(q): Query<LatestQ>,
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    p.require(READ_DATA)?;
     let keys = q.points.split(',').map(parse_point).collect::<Result<Vec<_>, _>>()?;
     if keys.len() > MAX_LATEST {
         return Err(bad(format!("{} points; at most {MAX_LATEST}", keys.len())));
+    }
+    for k in &keys {
+        visible(&st, &p, k).await?;
     }
     blocking(move || {
         let h = read(&st.historian)?;
@@ -120,8 +106,14 @@ async fn latest(
     .await
 }
 
-async fn raw(State(st): State<ApiState>, Query(q): Query<RangeQ>) -> Result<axum::Json<serde_json::Value>, ApiError> {
+async fn raw(
+    State(st): State<ApiState>,
+    p: Principal,
+    Query(q): Query<RangeQ>,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    p.require(READ_DATA)?;
     let key = parse_point(&q.point)?;
+    visible(&st, &p, &key).await?;
     let limit = q.limit.unwrap_or(10_000).min(MAX_RAW);
     blocking(move || {
         let h = read(&st.historian)?;
@@ -134,9 +126,12 @@ async fn raw(State(st): State<ApiState>, Query(q): Query<RangeQ>) -> Result<axum
 
 async fn aggregate(
     State(st): State<ApiState>,
+    p: Principal,
     Query(q): Query<RangeQ>,
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    p.require(READ_DATA)?;
     let key = parse_point(&q.point)?;
+    visible(&st, &p, &key).await?;
     let bucket = q.bucket_ms.ok_or_else(|| bad("bucket_ms is required"))?;
     blocking(move || {
         let h = read(&st.historian)?;
@@ -146,25 +141,86 @@ async fn aggregate(
     .await
 }
 
-/// Alarms not yet back to normal and closed, oldest first.
-async fn open_alarms(State(st): State<ApiState>) -> Result<axum::Json<serde_json::Value>, ApiError> {
-    let engine = st.alarms.ok_or_else(|| ApiError(StatusCode::NOT_FOUND, "central runs no alarm engine".into()))?;
-    let engine = engine.lock().await;
-    let alarms: Vec<&crate::alarms::Alarm> = engine.open_alarms();
-    Ok(axum::Json(serde_json::json!({ "alarms": alarms })))
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PointsQ {
+    gateway: Option<String>,
+    enterprise: Option<String>,
+    limit: Option<u32>,
+    cursor: Option<String>,
 }
 
-async fn points(State(st): State<ApiState>) -> Result<axum::Json<serde_json::Value>, ApiError> {
-    blocking(move || {
-        let h = read(&st.historian)?;
-        let keys: Vec<String> = h.series_keys().iter().map(|k| format!("{}/{}", k.gateway, k.point)).collect();
-        Ok(axum::Json(serde_json::json!({ "points": keys })))
+/// A point with its metadata.
+#[derive(Debug, Serialize)]
+pub struct PointView {
+    /// `gateway/point`.
+    pub key: String,
+    /// Gateway id.
+    pub gateway: String,
+    /// Point id.
+    pub point: String,
+    /// The gateway's enterprise (`null`: gateway not registered).
+    pub enterprise: Option<String>,
+    /// Engineering unit (`null` until point metadata is imported from gateway configurations).
+    pub unit: Option<String>,
+    /// Alarm limits from the alarm definitions (`null`: none defined).
+    pub limits: Option<crate::alarms::Limits>,
+}
+
+/// `GET /points`: every stored series the caller may see, by key; `cursor` is the last key.
+async fn points(
+    State(st): State<ApiState>,
+    p: Principal,
+    Query(q): Query<PointsQ>,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    p.require(READ_DATA)?;
+    let n = limit(q.limit) as usize;
+    let map = st.scope.map().await?;
+    let historian = st.historian.clone();
+    let mut keys: Vec<(String, SeriesKey)> = blocking(move || {
+        let h = read(&historian)?;
+        Ok(h.series_keys().into_iter().map(|k| (format!("{}/{}", k.gateway, k.point), k)).collect())
     })
-    .await
+    .await?;
+    keys.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut items: Vec<PointView> = keys
+        .into_iter()
+        .filter(|(key, _)| q.cursor.as_ref().is_none_or(|c| key > c))
+        .map(|(key, k)| {
+            let enterprise = map.get(k.gateway.as_str()).cloned();
+            PointView {
+                key,
+                gateway: k.gateway.to_string(),
+                point: k.point.to_string(),
+                enterprise,
+                unit: None,
+                limits: None,
+            }
+        })
+        .filter(|v| match (&p.enterprises, &v.enterprise) {
+            (None, _) => true,
+            (Some(_), Some(e)) => p.sees_name(e),
+            (Some(_), None) => false,
+        })
+        .filter(|v| q.gateway.as_ref().is_none_or(|g| *g == v.gateway))
+        .filter(|v| q.enterprise.as_ref().is_none_or(|e| v.enterprise.as_ref() == Some(e)))
+        .take(n)
+        .collect();
+    if let Some(engine) = &st.alarms {
+        let engine = engine.lock().await;
+        for v in &mut items {
+            v.limits = engine.limits(&v.key);
+        }
+    }
+    let next = (items.len() == n).then(|| items.last().map(|v| v.key.clone())).flatten();
+    Ok(page(items, next))
 }
 
 async fn metrics(State(st): State<ApiState>) -> Result<String, ApiError> {
     let mut s = st.metrics.prometheus();
+    if let Some(b) = &st.broker {
+        s.push_str(&b.prometheus());
+    }
     let h = read(&st.historian)?;
     let hs = h.stats();
     for (name, v) in [
@@ -174,28 +230,26 @@ async fn metrics(State(st): State<ApiState>) -> Result<String, ApiError> {
         ("vigil_historian_chunk_bytes_total", hs.chunk_bytes),
         ("vigil_historian_chunk_samples_total", hs.chunk_samples),
         ("vigil_historian_chunks_dropped_total", hs.chunks_dropped),
+        ("vigil_historian_samples_compressed_away_total", hs.samples_compressed_away),
         ("vigil_historian_head_samples", h.head_samples() as u64),
     ] {
         s.push_str(&format!("{name} {v}\n"));
     }
+    if let Some(a) = &st.alarm_services {
+        s.push_str(&a.prometheus());
+    }
+    drop(h);
+    s.push_str(&st.identity.metrics().prometheus());
+    s.push_str(&st.calls.metrics().prometheus());
     Ok(s)
 }
 
-/// The router.
-pub fn router(state: ApiState) -> Router {
+/// The historian's routes and `/metrics`.
+pub fn routes() -> Router<ApiState> {
     Router::new()
         .route("/api/v1/points", get(points))
-        .route("/api/v1/alarms", get(open_alarms))
         .route("/api/v1/latest", get(latest))
         .route("/api/v1/raw", get(raw))
         .route("/api/v1/aggregate", get(aggregate))
         .route("/metrics", get(metrics))
-        .with_state(state)
-}
-
-/// Serves the router on `addr` until the task is dropped.
-pub async fn serve(addr: SocketAddr, state: ApiState) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(%addr, "api: listening");
-    axum::serve(listener, router(state)).await
 }
