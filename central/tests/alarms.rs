@@ -191,11 +191,33 @@ async fn backfill_after_an_outage_is_recorded_with_real_times_and_not_announced(
     e.on_sample(&gw(), &p, &Sample::good(T0 + 1_500_000, 3.0), now + 2000).await.unwrap();
     e.on_sample(&gw(), &p, &Sample::good(T0 + 1_600_000, 1.0), now + 2000).await.unwrap();
     let ch = drain(&mut rx);
-    assert_eq!(ch.len(), 2);
+    assert_eq!(
+        ch.iter().map(|c| c.kind.clone()).collect::<Vec<_>>(),
+        vec![ChangeKind::Raised, ChangeKind::Cleared, ChangeKind::Action("auto_close".into())]
+    );
     assert!(ch.iter().all(|c| c.alarm.replay && !c.annunciate && c.alarm.id != id));
     assert_eq!(ch[1].alarm.raised_ms, T0 + 1_500_000);
     let live = e.current(&key("TK102.PT", Condition::Hi)).unwrap();
     assert!(live.active && live.id == id);
+    // It returned to normal within the replayed data: closed at once, the timeline says why, and
+    // the audit chain records the system's action.
+    let rid = ch[0].alarm.id;
+    let r = e.alarm(rid).await.unwrap().unwrap();
+    assert!(r.is_closed() && r.acked && !r.active);
+    assert!(e.open_alarms().iter().all(|a| a.id != rid));
+    let tl = e.timeline(rid).await.unwrap();
+    assert_eq!(tl.iter().map(|t| t.what.as_str()).collect::<Vec<_>>(), ["raised", "cleared", "auto_closed"]);
+    assert!(tl[2].detail.contains("replayed backlog"), "{}", tl[2].detail);
+    let audit = e.audit_records().await.unwrap();
+    assert!(audit.iter().any(|r| r.action == "auto_close" && r.target == format!("alarm:{rid}")));
+    e.verify_audit().await.unwrap();
+
+    // A replayed crossing still active at the end of the replayed data stays open for the room.
+    e.on_sample(&gw(), &p, &Sample::good(T0 + 1_650_000, 3.0), now + 3000).await.unwrap();
+    let ch = drain(&mut rx);
+    assert!(matches!(ch.as_slice(), [c] if c.kind == ChangeKind::Raised && c.alarm.replay), "{ch:#?}");
+    let open = e.open_alarms().into_iter().find(|a| a.id == ch[0].alarm.id).unwrap();
+    assert!(open.active && !open.is_closed());
 }
 
 #[tokio::test]
@@ -247,7 +269,7 @@ async fn the_hash_chain_catches_an_edited_or_deleted_record() {
     let id = e.current(&key("TK102.PT", Condition::Hi)).unwrap().id;
     e.acknowledge(id, "op1", "", T0 + 1).await.unwrap();
     e.verify(id, "op1", "video", T0 + 2).await.unwrap();
-    e.dispatch(id, "op1", "check the pump", T0 + 3).await.unwrap();
+    e.dispatch(id, "op1", "ent-a", "check the pump", T0 + 3).await.unwrap();
     assert_eq!(e.verify_audit().await.unwrap(), 3);
     let pool = e.store().pool().clone();
     // The database refuses updates and deletes of audit records.
@@ -305,12 +327,14 @@ async fn gas_leak_closed_loop_needs_a_report_when_orange() {
     assert!(matches!(e.verify(id, "op1", "video", T0 + 40_000).await, Err(AlarmError::NotAllowed { .. })), "ack first");
     e.acknowledge(id, "op1", "", T0 + 40_000).await.unwrap();
     e.verify(id, "op1", "video shows vapour", T0 + 41_000).await.unwrap();
-    e.dispatch(id, "op1", "isolate valve V12", T0 + 42_000).await.unwrap();
+    e.dispatch(id, "op1", "ent-a", "isolate valve V12", T0 + 42_000).await.unwrap();
     e.record_feedback(id, "ent-a-safety", "flange gasket replaced", T0 + 43_000).await.unwrap();
     e.review(id, "park-chief", "ok", T0 + 44_000).await.unwrap();
     let err = e.close(id, "park-chief", "", T0 + 45_000).await.unwrap_err();
     assert!(err.to_string().contains("report"), "{err}");
-    e.attach_report(id, "ent-a-safety", "reports/2026-11-23-cam1.pdf", T0 + 46_000).await.unwrap();
+    e.attach_report(id, "ent-a-safety", "reports/2026-11-23-cam1.pdf", "valve V12 gasket replaced", T0 + 46_000)
+        .await
+        .unwrap();
     let closed = e.close(id, "park-chief", "done", T0 + 47_000).await.unwrap();
     assert_eq!(closed.stage, Stage::Closed);
     assert!(e.open_alarms().iter().all(|a| a.id != id));
@@ -522,6 +546,9 @@ impl AlarmStore for Flaky {
     }
     async fn alarms_raised_between(&self, from_ms: i64, to_ms: i64) -> Result<Vec<Alarm>, AlarmError> {
         self.inner.alarms_raised_between(from_ms, to_ms).await
+    }
+    async fn list(&self, filter: &AlarmFilter, limit: usize) -> Result<Vec<Alarm>, AlarmError> {
+        self.inner.list(filter, limit).await
     }
     async fn timeline_between(&self, what: &str, from_ms: i64, to_ms: i64) -> Result<Vec<TimelineEntry>, AlarmError> {
         self.inner.timeline_between(what, from_ms, to_ms).await

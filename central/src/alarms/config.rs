@@ -217,6 +217,9 @@ pub struct EngineSettings {
     pub gas_orange: GasRule,
     /// Rule for yellow (anything else is blue).
     pub gas_yellow: GasRule,
+    /// Close at once (timeline and audit say why) alarm records found in a gateway's re-sent backlog
+    /// that also returned to normal within it; orange/red gas alerts stay open for their report.
+    pub replay_auto_close: bool,
 }
 
 impl Default for EngineSettings {
@@ -230,6 +233,7 @@ impl Default for EngineSettings {
             infrastructure_grade: Grade::B,
             gas_default_grade: Grade::A,
             max_auto_cameras: 4096,
+            replay_auto_close: true,
             gas_red: GasRule { repeats: 5, duration_s: 1800.0 },
             gas_orange: GasRule { repeats: 3, duration_s: 600.0 },
             gas_yellow: GasRule { repeats: 2, duration_s: 180.0 },
@@ -277,6 +281,9 @@ pub struct AlarmConfig {
     /// Point definitions.
     #[serde(default)]
     pub point: Vec<PointDef>,
+    /// Notification channels and rules (see `crate::notify`).
+    #[serde(default)]
+    pub notify: crate::notify::NotifyConfig,
 }
 
 impl AlarmConfig {
@@ -310,6 +317,8 @@ impl AlarmConfig {
                 return Err(AlarmError::Config { path: at, message: "duplicate point id".into() });
             }
         }
-        Ok(())
+        self.notify
+            .validate()
+            .map_err(|(key, message)| AlarmError::Config { path: format!("{file}: notify.{key}"), message })
     }
 }

@@ -127,6 +127,8 @@ pub struct AlarmEngine<S: AlarmStore = SqliteStore> {
     gateways: Vec<GatewayRt>,
     gw_index: FxMap<String, u32>,
     offline_devices: HashSet<(String, String)>,
+    /// Enterprise of each gateway (from the registry and the topics of accepted batches).
+    gateway_enterprise: HashMap<String, String>,
     alarms: HashMap<i64, Alarm>,
     current: HashMap<AlarmKey, i64>,
     replay_current: HashMap<AlarmKey, i64>,
@@ -168,6 +170,7 @@ impl<S: AlarmStore> AlarmEngine<S> {
             gateways: Vec::new(),
             gw_index: FxMap::default(),
             offline_devices: HashSet::new(),
+            gateway_enterprise: HashMap::new(),
             alarms: HashMap::new(),
             current: HashMap::new(),
             replay_current: HashMap::new(),
@@ -392,7 +395,7 @@ impl<S: AlarmStore> AlarmEngine<S> {
                 value: t.value,
                 limit: t.limit,
                 grade: d.grade,
-                enterprise: d.enterprise.clone(),
+                enterprise: self.point_enterprise_ix(ix),
                 gateway: self.point_gateway(ix),
                 historical: historical || replay,
                 replay,
@@ -427,6 +430,33 @@ impl<S: AlarmStore> AlarmEngine<S> {
     fn point_gateway(&self, ix: u32) -> Option<String> {
         let g = self.hot[ix as usize].gw;
         self.gateways.get(g as usize).map(|g| g.id.clone())
+    }
+
+    /// A point's enterprise: its definition's, else its gateway's.
+    fn point_enterprise_ix(&self, ix: u32) -> Option<String> {
+        self.defs[ix as usize].enterprise.clone().or_else(|| {
+            let g = self.gateways.get(self.hot[ix as usize].gw as usize)?;
+            self.gateway_enterprise.get(&g.id).cloned()
+        })
+    }
+
+    /// Records the enterprise a gateway belongs to (from the registry, or the topic of an accepted
+    /// batch); alarms of its gateway, devices and points without an enterprise of their own take it.
+    pub fn set_gateway_enterprise(&mut self, gateway: &str, enterprise: &str) {
+        if self.gateway_enterprise.get(gateway).is_none_or(|e| e != enterprise) {
+            self.gateway_enterprise.insert(gateway.to_owned(), enterprise.to_owned());
+        }
+    }
+
+    /// The enterprise an alarm source belongs to, as far as the engine knows it.
+    pub fn source_enterprise(&self, source: &AlarmSource) -> Option<String> {
+        match source {
+            AlarmSource::Point(p) => match self.index.get(p) {
+                Some(&ix) => self.point_enterprise_ix(ix),
+                None => None,
+            },
+            AlarmSource::Gateway(g) | AlarmSource::Device(g, _) => self.gateway_enterprise.get(g).cloned(),
+        }
     }
 
     /// Evaluates one gateway event: gas-camera detections (virtual point `{gateway}/cam/{camera}`,
@@ -539,7 +569,7 @@ impl<S: AlarmStore> AlarmEngine<S> {
             value: None,
             limit: None,
             grade: self.settings.infrastructure_grade,
-            enterprise: None,
+            enterprise: self.gateway_enterprise.get(g).cloned(),
             gateway: Some(g.to_owned()),
             historical: received.saturating_sub(ts) > self.late_ms,
             replay: false,
@@ -833,6 +863,29 @@ impl<S: AlarmStore> AlarmEngine<S> {
         let detail = json!({"value": ctx.value, "received_ms": ctx.received}).to_string();
         plan.ops.push(StoreOp::Timeline(entry(a.id, ctx.ts, "cleared", SYSTEM, &detail, ctx.historical)));
         plan.changes.push(change(ChangeKind::Cleared, &a, ctx.ts, annunciate));
+        if ctx.replay && self.settings.replay_auto_close && a.gas_level.is_none_or(|l| l < GasLevel::Orange) {
+            // A crossing found in a re-sent backlog that also returned to normal within it is a past
+            // episode nobody can act on any more: closed at once so it does not flood the room. The
+            // timeline and audit chain say why; orange/red gas alerts still need their report.
+            a.acked = true;
+            a.stage = Stage::Closed;
+            a.pickup_deadline_ms = None;
+            let why = json!({
+                "reason": "replayed backlog: raised and returned to normal within the re-sent data",
+                "raised_ms": a.raised_ms, "cleared_ms": ctx.ts,
+            })
+            .to_string();
+            plan.ops.push(StoreOp::PutAlarm(a.clone()));
+            plan.ops.push(StoreOp::Timeline(entry(a.id, ctx.received, "auto_closed", SYSTEM, &why, true)));
+            plan.ops.push(StoreOp::Audit(self.audit(
+                ctx.received,
+                SYSTEM,
+                "auto_close",
+                &format!("alarm:{}", a.id),
+                &why,
+            )));
+            plan.changes.push(change(ChangeKind::Action("auto_close".into()), &a, ctx.received, false));
+        }
         if a.state() == AlarmState::Normal {
             plan.current = Some((ctx.replay, key.clone(), None));
         }
@@ -976,15 +1029,16 @@ impl<S: AlarmStore> AlarmEngine<S> {
         .await
     }
 
-    /// Dispatches a verified alarm to the enterprise.
+    /// Dispatches a verified alarm to the enterprise (`to`: who takes it, `note`: instructions).
     pub async fn dispatch(
         &mut self,
         id: i64,
         actor: &str,
-        instructions: &str,
+        to: &str,
+        note: &str,
         now_ms: i64,
     ) -> Result<Alarm, AlarmError> {
-        let detail = json!({"instructions": instructions}).to_string();
+        let detail = json!({"to": to, "instructions": note}).to_string();
         self.alarm_action(id, actor, now_ms, "dispatch", detail, |a| step(a, &[Stage::Verified], Stage::Dispatched))
             .await
     }
@@ -1017,15 +1071,17 @@ impl<S: AlarmStore> AlarmEngine<S> {
         .await
     }
 
-    /// Attaches an investigation report (a reference to the stored document).
+    /// Attaches an investigation report: its name (a reference to the stored document) on the
+    /// alarm, its text in the timeline and the audit chain.
     pub async fn attach_report(
         &mut self,
         id: i64,
         actor: &str,
         report: &str,
+        text: &str,
         now_ms: i64,
     ) -> Result<Alarm, AlarmError> {
-        let detail = json!({"report": report}).to_string();
+        let detail = json!({"report": report, "text": text}).to_string();
         let report = report.trim().to_owned();
         self.alarm_action(id, actor, now_ms, "attach_report", detail, move |a| {
             if report.is_empty() {
@@ -1445,6 +1501,25 @@ impl<S: AlarmStore> AlarmEngine<S> {
     /// Whether a key is shelved.
     pub fn is_shelved(&self, key: &AlarmKey) -> bool {
         self.shelves.contains_key(key)
+    }
+
+    /// The shelving of a key, if shelved.
+    pub fn shelved(&self, key: &AlarmKey) -> Option<&Shelve> {
+        self.shelves.get(key)
+    }
+
+    /// Appends a system note (e.g. a notification sent up the chain) to an alarm's timeline.
+    pub async fn note(
+        &mut self,
+        id: i64,
+        what: &str,
+        actor: &str,
+        detail: &str,
+        now_ms: i64,
+    ) -> Result<(), AlarmError> {
+        let plan =
+            Plan { ops: vec![StoreOp::Timeline(entry(id, now_ms, what, actor, detail, false))], ..Plan::default() };
+        self.commit(plan).await
     }
 
     /// All audit records.

@@ -21,6 +21,19 @@ pub struct FeedMetrics {
     pub errors: std::sync::atomic::AtomicU64,
 }
 
+impl FeedMetrics {
+    /// Prometheus text of the counters.
+    pub fn prometheus(&self) -> String {
+        let g = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        format!(
+            "vigil_alarm_feed_batches_total {}\nvigil_alarm_feed_lagged_batches_total {}\nvigil_alarm_feed_errors_total {}\n",
+            g(&self.batches),
+            g(&self.lagged),
+            g(&self.errors)
+        )
+    }
+}
+
 fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
@@ -29,6 +42,7 @@ async fn evaluate(engine: &Mutex<AlarmEngine>, item: &Ingested, metrics: &FeedMe
     let received = now_ms();
     let batch = &item.batch;
     let mut engine = engine.lock().await;
+    engine.set_gateway_enterprise(batch.gateway.as_str(), item.enterprise.as_str());
     let mut result = engine.on_gateway_seen(&batch.gateway, received).await;
     for event in &batch.events {
         if result.is_ok() {

@@ -11,6 +11,7 @@ pub mod engine;
 pub mod error;
 pub mod feed;
 pub mod kpi;
+pub mod live;
 pub mod model;
 pub mod store;
 
@@ -19,4 +20,4 @@ pub use config::{AlarmConfig, EngineSettings, PointDef, PointKind};
 pub use engine::{AlarmEngine, PointRef};
 pub use error::AlarmError;
 pub use model::*;
-pub use store::{AlarmStore, SqliteStore, StoreOp};
+pub use store::{AlarmFilter, AlarmStore, SqliteStore, StoreOp};

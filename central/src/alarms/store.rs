@@ -9,8 +9,8 @@ use sqlx::{Row, SqlitePool};
 use super::audit::{AuditRecord, genesis_hex};
 use super::error::AlarmError;
 use super::model::{
-    Alarm, AlarmKey, Limits, MaintenanceWindow, OutOfService, RequestStatus, Shelve, ThresholdRequest, TimelineEntry,
-    WindowStatus,
+    Alarm, AlarmKey, Condition, Grade, Limits, MaintenanceWindow, OutOfService, RequestStatus, Shelve, Stage,
+    ThresholdRequest, TimelineEntry, WindowStatus,
 };
 
 /// One durable change.
@@ -32,6 +32,35 @@ pub enum StoreOp {
     PutRequest(ThresholdRequest),
     /// Set the approved limits of a point (overrides the definitions file).
     PutLimits(String, Limits),
+}
+
+/// Which alarms a listing returns (every field narrows; `None` does not).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AlarmFilter {
+    /// Case not closed (`true`) or closed (`false`).
+    pub open: Option<bool>,
+    /// Condition active.
+    pub active: Option<bool>,
+    /// Acknowledged since the last activation.
+    pub acked: Option<bool>,
+    /// Case stage.
+    pub stage: Option<Stage>,
+    /// Grade.
+    pub grade: Option<Grade>,
+    /// Exactly this enterprise.
+    pub enterprise: Option<String>,
+    /// Only alarms of one of these enterprises (a scoped caller); alarms without one are excluded.
+    pub enterprises_in: Option<Vec<String>>,
+    /// Alarms of this point id.
+    pub point: Option<String>,
+    /// Condition.
+    pub condition: Option<Condition>,
+    /// Raised (source time) at or after.
+    pub from_ms: Option<i64>,
+    /// Raised (source time) before.
+    pub to_ms: Option<i64>,
+    /// Only ids below this (the cursor of the previous page).
+    pub before_id: Option<i64>,
 }
 
 /// Everything the engine needs to resume after a restart.
@@ -69,6 +98,8 @@ pub trait AlarmStore: Send + Sync + 'static {
     fn timeline(&self, alarm_id: i64) -> impl Future<Output = Result<Vec<TimelineEntry>, AlarmError>> + Send;
     /// One alarm by id (open or closed).
     fn alarm(&self, id: i64) -> impl Future<Output = Result<Option<Alarm>, AlarmError>> + Send;
+    /// Alarms matching `filter`, newest (highest id) first, at most `limit`.
+    fn list(&self, filter: &AlarmFilter, limit: usize) -> impl Future<Output = Result<Vec<Alarm>, AlarmError>> + Send;
     /// Alarms raised (source time) in `[from_ms, to_ms)`, oldest first.
     fn alarms_raised_between(
         &self,
@@ -323,6 +354,59 @@ impl AlarmStore for SqliteStore {
         }
     }
 
+    async fn list(&self, f: &AlarmFilter, limit: usize) -> Result<Vec<Alarm>, AlarmError> {
+        // Filters read the stored document (JSON1); enum values are compared as serde writes them.
+        let mut q: sqlx::QueryBuilder<sqlx::Sqlite> =
+            sqlx::QueryBuilder::new("SELECT doc FROM alarm_instances WHERE 1=1");
+        if let Some(open) = f.open {
+            q.push(" AND open = ").push_bind(i64::from(open));
+        }
+        if let Some(v) = f.active {
+            q.push(" AND json_extract(doc, '$.active') = ").push_bind(i64::from(v));
+        }
+        if let Some(v) = f.acked {
+            q.push(" AND json_extract(doc, '$.acked') = ").push_bind(i64::from(v));
+        }
+        if let Some(v) = &f.stage {
+            q.push(" AND json_extract(doc, '$.stage') = ").push_bind(json_name(v));
+        }
+        if let Some(v) = &f.grade {
+            q.push(" AND json_extract(doc, '$.grade') = ").push_bind(json_name(v));
+        }
+        if let Some(v) = &f.condition {
+            q.push(" AND json_extract(doc, '$.key.condition') = ").push_bind(json_name(v));
+        }
+        if let Some(v) = &f.enterprise {
+            q.push(" AND json_extract(doc, '$.enterprise') = ").push_bind(v.clone());
+        }
+        if let Some(list) = &f.enterprises_in {
+            if list.is_empty() {
+                return Ok(Vec::new());
+            }
+            q.push(" AND json_extract(doc, '$.enterprise') IN (");
+            let mut sep = q.separated(", ");
+            for e in list {
+                sep.push_bind(e.clone());
+            }
+            q.push(")");
+        }
+        if let Some(p) = &f.point {
+            q.push(" AND json_extract(doc, '$.key.source.Point') = ").push_bind(p.clone());
+        }
+        if let Some(v) = f.from_ms {
+            q.push(" AND raised_ms >= ").push_bind(v);
+        }
+        if let Some(v) = f.to_ms {
+            q.push(" AND raised_ms < ").push_bind(v);
+        }
+        if let Some(v) = f.before_id {
+            q.push(" AND id < ").push_bind(v);
+        }
+        q.push(" ORDER BY id DESC LIMIT ").push_bind(i64::try_from(limit).unwrap_or(i64::MAX));
+        let rows = q.build().fetch_all(&self.pool).await?;
+        rows.iter().map(|r| alarm_from_doc(&r.try_get::<String, _>(0)?)).collect()
+    }
+
     async fn alarms_raised_between(&self, from_ms: i64, to_ms: i64) -> Result<Vec<Alarm>, AlarmError> {
         let rows = sqlx::query(
             "SELECT doc FROM alarm_instances WHERE raised_ms >= ? AND raised_ms < ? ORDER BY raised_ms, id",
@@ -344,5 +428,13 @@ impl AlarmStore for SqliteStore {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(timeline_row).collect()
+    }
+}
+
+/// A unit enum's name as serde writes it (`"HiHi"`, `"S"`), for comparing with stored JSON.
+fn json_name<T: serde::Serialize>(v: &T) -> String {
+    match serde_json::to_value(v) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => String::new(),
     }
 }
