@@ -134,6 +134,16 @@ pub async fn run_with(plant: Arc<Plant>, shutdown: watch::Receiver<bool>, hardwa
             shutdown.clone(),
         )));
     }
+    let camera_task = (!plant.cameras.is_empty() || config.cameras.listen.is_some()).then(|| {
+        let hub = crate::sources::camera::Hub::new(
+            config.cameras.clone(),
+            plant.cameras.clone(),
+            Arc::default(),
+            crate::sources::clock_of(&plant),
+            tx.clone(),
+        );
+        tokio::spawn(crate::sources::camera::run(Arc::new(hub), shutdown.clone()))
+    });
     let metrics = Arc::new(crate::sources::Metrics::default());
     let acquisition_task = (!plant.devices.is_empty())
         .then(|| tokio::spawn(crate::sources::run_acquisition(plant.clone(), tx.clone(), shutdown.clone(), metrics)));
@@ -150,6 +160,13 @@ pub async fn run_with(plant: Arc<Plant>, shutdown: watch::Receiver<bool>, hardwa
     }
     for t in source_tasks {
         let _ = t.await;
+    }
+    if let Some(t) = camera_task {
+        match t.await {
+            Ok(Err(e)) => tracing::error!(error = %e, "cameras ended with an error"),
+            Err(e) => tracing::error!(error = %e, "camera task failed"),
+            Ok(Ok(())) => {}
+        }
     }
     if let Some(t) = acquisition_task {
         match t.await {

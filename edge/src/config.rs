@@ -36,6 +36,9 @@ pub struct Config {
     /// Local annunciation rules (relay outputs driven at the site).
     #[serde(default)]
     pub local_alarm: Vec<crate::site::LocalAlarmRule>,
+    /// Gas-leak cameras (HTTP push endpoint, ONVIF subscriptions, liveness checks).
+    #[serde(default)]
+    pub cameras: crate::sources::camera::CamerasConfig,
     /// Acquisition-wide settings.
     #[serde(default)]
     pub acquisition: AcquisitionSection,
@@ -544,6 +547,8 @@ pub struct Plant {
     pub points: Vec<PointSpec>,
     /// Levelling lines.
     pub levelling: Vec<LevellingLine>,
+    /// Gas cameras with their models.
+    pub cameras: Vec<crate::sources::camera::Camera>,
 }
 
 impl Plant {
@@ -921,6 +926,10 @@ pub fn resolve(config: Config, path: &Path) -> Result<Plant, ConfigErrors> {
     for (key, problem) in crate::site::problems(&config.hardware, &config.local_alarm) {
         errors.push(err(path, key, problem));
     }
+    let (cameras, camera_problems) = crate::sources::camera::resolve(&config.cameras, path);
+    for (file, key, problem) in camera_problems {
+        errors.push(err(&file, key, problem));
+    }
     for (key, problem) in config.spool.problems() {
         errors.push(err(path, format!("spool.{key}"), problem));
     }
@@ -933,7 +942,7 @@ pub fn resolve(config: Config, path: &Path) -> Result<Plant, ConfigErrors> {
     if !errors.is_empty() {
         return Err(ConfigErrors(errors));
     }
-    Ok(Plant { buses: config.buses.clone(), config, file: path.to_path_buf(), devices, points, levelling })
+    Ok(Plant { buses: config.buses.clone(), config, file: path.to_path_buf(), devices, points, levelling, cameras })
 }
 
 fn load_profile(dir: &Path, name: &str) -> Result<ProfileFile, String> {

@@ -5,6 +5,7 @@
 //! device, or an RS485 bus with all its units) and the pipeline task, and returns when shutdown is
 //! requested or the record channel closes.
 
+pub mod camera;
 pub mod digital;
 pub mod modbus;
 pub mod system;

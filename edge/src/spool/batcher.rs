@@ -55,7 +55,20 @@ pub struct Batcher<S: Spool> {
     telemetry: BatchBuilder,
     telemetry_since: Option<Instant>,
     events: BatchBuilder,
+    /// Snapshot bytes in `events`, so two large images never share (and overflow) one batch.
+    event_image_bytes: usize,
     heartbeat: Option<vigil_hw::Heartbeat>,
+}
+
+/// Snapshot bytes one alarm/event batch may hold (a batch envelope is at most 2 MiB; one image is at
+/// most 1 MiB): an event whose image would pass this goes into the next batch.
+const EVENT_IMAGE_BYTES: usize = vigil_common::event::MAX_SNAPSHOT_BYTES + 512 * 1024;
+
+fn image_bytes(event: &Event) -> usize {
+    match &event.kind {
+        EventKind::GasDetection(d) => d.snapshot.as_ref().map_or(0, |s| s.bytes.len()),
+        _ => 0,
+    }
 }
 
 /// Longest the batcher waits for a record before it reports progress anyway.
@@ -81,6 +94,7 @@ impl<S: Spool> Batcher<S> {
             telemetry: BatchBuilder::new(),
             telemetry_since: None,
             events: BatchBuilder::new(),
+            event_image_bytes: 0,
             heartbeat: None,
         }
     }
@@ -136,7 +150,14 @@ impl<S: Spool> Batcher<S> {
                 self.telemetry.push(&point, sample);
                 self.telemetry_since.get_or_insert_with(Instant::now);
             }
-            Record::Event(e) => self.events.push_event(e),
+            Record::Event(e) => {
+                let image = image_bytes(&e);
+                if image > 0 && self.event_image_bytes + image > EVENT_IMAGE_BYTES && !self.events.is_empty() {
+                    self.seal(Priority::AlarmEvent);
+                }
+                self.event_image_bytes += image;
+                self.events.push_event(e);
+            }
         }
     }
 
@@ -157,6 +178,9 @@ impl<S: Spool> Batcher<S> {
     }
 
     fn seal(&mut self, class: Priority) {
+        if class == Priority::AlarmEvent {
+            self.event_image_bytes = 0;
+        }
         let builder = if class == Priority::AlarmEvent { &mut self.events } else { &mut self.telemetry };
         let result = tokio::task::block_in_place(|| -> Result<_, SpoolError> {
             let mut spool = self.spool.lock().unwrap_or_else(|p| p.into_inner());

@@ -6,6 +6,10 @@
 //! - `vigil-sim levelling --link PATH --sensors N [--failing UNIT] [--speed X]`: N static-levelling
 //!   sensors (units 1..=N, unit 1 the base) on one RTU bus, with slow settlement trends and one
 //!   sensor that does not answer.
+//! - `vigil-sim camera --push http://GATEWAY:PORT --secret S [--listen ADDR] [--interval-ms MS]
+//!   [--count N] [--snapshot-bytes N] [--reboot-every-s S --reboot-down-s S] [--malformed-every N]`:
+//!   a gas-leak camera that pushes detections (alternating start/stop) with JPEG snapshots and
+//!   serves the same detections over ONVIF PullPoint (see `vigil_tools::sim::camera`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -52,6 +56,54 @@ enum Command {
         #[arg(long, default_value_t = 1.0)]
         speed: f64,
     },
+    /// Simulate a gas-leak camera (HTTP push, snapshots, ONVIF PullPoint).
+    Camera(CameraArgs),
+}
+
+#[derive(clap::Args)]
+struct CameraArgs {
+    /// The camera's name at the gateway (`[[cameras.camera]] name`).
+    #[arg(long, default_value = "cam-1")]
+    name: String,
+    /// Where to serve snapshots, `/health` and ONVIF (`/onvif/device_service`, `/onvif/event_service`).
+    #[arg(long, default_value = "127.0.0.1:8554")]
+    listen: std::net::SocketAddr,
+    /// The gateway's push endpoint base URL, e.g. `http://127.0.0.1:8088`; ONVIF only when absent.
+    #[arg(long)]
+    push: Option<String>,
+    /// Shared secret sent in `--secret-header`.
+    #[arg(long)]
+    secret: Option<String>,
+    /// Header carrying the secret.
+    #[arg(long, default_value = "X-Camera-Secret")]
+    secret_header: String,
+    /// Basic-auth credentials `user:password` instead of a secret.
+    #[arg(long)]
+    basic: Option<String>,
+    /// ONVIF user the UsernameToken must name.
+    #[arg(long, default_value = "admin")]
+    onvif_user: String,
+    /// ONVIF password.
+    #[arg(long, default_value = "onvif-pass")]
+    onvif_password: String,
+    /// Time between detections (they alternate start, stop), ms.
+    #[arg(long, default_value_t = 5000)]
+    interval_ms: u64,
+    /// Detections to make; 0 for no end.
+    #[arg(long, default_value_t = 0)]
+    count: u64,
+    /// Size of each JPEG snapshot, bytes.
+    #[arg(long, default_value_t = 50_000)]
+    snapshot_bytes: usize,
+    /// Reboot every this many seconds (drop subscriptions, refuse everything for --reboot-down-s).
+    #[arg(long)]
+    reboot_every_s: Option<u64>,
+    /// How long a reboot refuses requests, s.
+    #[arg(long, default_value_t = 10)]
+    reboot_down_s: u64,
+    /// Every Nth push is malformed JSON and every Nth detection also makes one PullMessages answer malformed XML; 0 for never.
+    #[arg(long, default_value_t = 0)]
+    malformed_every: u64,
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -64,6 +116,7 @@ async fn main() -> Result<()> {
     let _guards = match Cli::parse().command {
         Command::Modbus { config, fault, bind } => modbus(&config, &fault, bind.as_deref(), stop).await?,
         Command::Levelling { link, sensors, failing, speed } => levelling(&link, sensors, failing, speed)?,
+        Command::Camera(args) => camera(args).await?,
     };
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
@@ -161,4 +214,73 @@ fn levelling(link: &Path, sensors: u8, failing: u8, speed: f64) -> Result<Guards
     link_pty(&bus.path, link)?;
     eprintln!("{sensors} levelling sensors (unit 1 = base), unit {failing} failing, speed x{speed}");
     Ok(Guards { _buses: vec![bus], links: vec![link.to_path_buf()] })
+}
+
+async fn camera(a: CameraArgs) -> Result<Guards> {
+    use vigil_tools::sim::camera::{CameraSim, CameraSimConfig, PushCreds};
+    let creds = match (&a.secret, &a.basic) {
+        (Some(_), Some(_)) => bail!("--secret and --basic exclude each other"),
+        (Some(s), None) => PushCreds::Secret { header: a.secret_header.clone(), secret: s.clone() },
+        (None, Some(b)) => {
+            let (user, password) = b.split_once(':').context("--basic must be user:password")?;
+            PushCreds::Basic { user: user.to_owned(), password: password.to_owned() }
+        }
+        (None, None) => PushCreds::None,
+    };
+    let sim = CameraSim::start(CameraSimConfig {
+        name: a.name.clone(),
+        listen: a.listen,
+        push_to: a.push.clone(),
+        creds: creds.clone(),
+        onvif_user: a.onvif_user.clone(),
+        onvif_password: a.onvif_password.clone(),
+        snapshot_bytes: a.snapshot_bytes,
+        ..CameraSimConfig::default()
+    })
+    .await?;
+    eprintln!(
+        "camera {}: serving on http://{} (ONVIF /onvif/event_service, snapshots /snapshots/N.jpg){}",
+        a.name,
+        sim.addr(),
+        a.push.as_deref().map(|p| format!(", pushing to {p}")).unwrap_or_default()
+    );
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(a.interval_ms.max(10)));
+        let mut last_reboot = std::time::Instant::now();
+        let mut n = 0u64;
+        loop {
+            tick.tick().await;
+            if a.count > 0 && n >= a.count {
+                continue;
+            }
+            n += 1;
+            if let Some(every) = a.reboot_every_s
+                && last_reboot.elapsed() >= std::time::Duration::from_secs(every)
+            {
+                eprintln!("camera: rebooting ({} s down)", a.reboot_down_s);
+                sim.reboot(std::time::Duration::from_secs(a.reboot_down_s));
+                last_reboot = std::time::Instant::now();
+            }
+            let malformed = a.malformed_every > 0 && n.is_multiple_of(a.malformed_every);
+            if malformed {
+                sim.malformed_pulls(1);
+            }
+            let d = sim.detect(!n.is_multiple_of(2));
+            if a.push.is_none() {
+                eprintln!("detection {} ({})", d.n, if d.start { "start" } else { "stop" });
+                continue;
+            }
+            let body = if malformed { b"{\"event\": {\"state\": \"start\", ".to_vec() } else { sim.push_body(&d) };
+            match sim.push_raw(body, &creds).await {
+                Ok(status) => eprintln!(
+                    "detection {} ({}{}): gateway answered {status}",
+                    d.n,
+                    if d.start { "start" } else { "stop" },
+                    if malformed { ", malformed" } else { "" }
+                ),
+                Err(e) => eprintln!("detection {}: push failed: {e:#}", d.n),
+            }
+        }
+    });
+    Ok(Guards { _buses: Vec::new(), links: Vec::new() })
 }

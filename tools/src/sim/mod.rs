@@ -2,6 +2,7 @@
 //! RTU slave on a serial pseudo-terminal, and fault injection (no answer, slow answer, exception
 //! codes, garbage bytes, dropped connections). Used by `vigil-sim`, the benchmarks and the tests.
 
+pub mod camera;
 pub mod rtu;
 pub mod tcp;
 pub mod wave;

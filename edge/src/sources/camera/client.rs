@@ -1,0 +1,190 @@
+//! A bounded HTTP/1.1 client for talking to cameras (snapshots, SOAP, liveness): one request per
+//! connection, the whole exchange under a timeout, and the response body read only up to a bound; a
+//! larger `Content-Length` is refused before any of the body is read.
+
+use std::time::Duration;
+
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::Bytes;
+use hyper::http::{self, header};
+use hyper_util::rt::TokioIo;
+
+/// A camera's answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Response {
+    /// HTTP status.
+    pub status: u16,
+    /// `Content-Type`, if sent.
+    pub content_type: Option<String>,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
+/// Why a request failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FetchError {
+    /// The URL is not `http://host[:port]/path`.
+    #[error("bad URL {0:?}: only http://host[:port]/path is supported")]
+    Url(String),
+    /// No connection.
+    #[error("connect to {addr}: {why}")]
+    Connect {
+        /// host:port.
+        addr: String,
+        /// The error.
+        why: String,
+    },
+    /// The exchange did not complete in time.
+    #[error("no complete answer within {0:?}")]
+    Timeout(Duration),
+    /// The body is larger than allowed; reading stopped at the bound.
+    #[error("answer larger than {limit} bytes")]
+    TooLarge {
+        /// The bound.
+        limit: usize,
+    },
+    /// HTTP protocol error.
+    #[error("HTTP: {0}")]
+    Http(String),
+}
+
+/// A parsed `http://` URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Url {
+    /// Host name or address (IPv6 without brackets).
+    pub host: String,
+    /// Port (default 80).
+    pub port: u16,
+    /// Path and query, starting with `/`.
+    pub path: String,
+}
+
+impl Url {
+    /// Parses `http://host[:port][/path]`; no user info, no fragments.
+    pub fn parse(url: &str) -> Result<Url, FetchError> {
+        let bad = || FetchError::Url(url.chars().take(200).collect());
+        let rest = url.strip_prefix("http://").ok_or_else(bad)?;
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        if authority.is_empty()
+            || authority.contains('@')
+            || path.contains('#')
+            || path.chars().any(char::is_whitespace)
+        {
+            return Err(bad());
+        }
+        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+            let (h, p) = v6.split_once(']').ok_or_else(bad)?;
+            (h, p.strip_prefix(':'))
+        } else {
+            match authority.rsplit_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (authority, None),
+            }
+        };
+        let port = match port {
+            Some(p) => p.parse().map_err(|_| bad())?,
+            None => 80,
+        };
+        if host.is_empty() {
+            return Err(bad());
+        }
+        Ok(Url { host: host.to_owned(), port, path: path.to_owned() })
+    }
+
+    fn authority(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// Sends one request and reads the answer: everything within `timeout`, the body up to `max_body`.
+pub async fn send(
+    method: http::Method,
+    url: &str,
+    headers: &[(&str, String)],
+    body: Vec<u8>,
+    timeout: Duration,
+    max_body: usize,
+) -> Result<Response, FetchError> {
+    let url = Url::parse(url)?;
+    tokio::time::timeout(timeout, exchange(method, &url, headers, body, max_body))
+        .await
+        .map_err(|_| FetchError::Timeout(timeout))?
+}
+
+async fn exchange(
+    method: http::Method,
+    url: &Url,
+    headers: &[(&str, String)],
+    body: Vec<u8>,
+    max_body: usize,
+) -> Result<Response, FetchError> {
+    let addr = url.authority();
+    let stream = tokio::net::TcpStream::connect((url.host.as_str(), url.port))
+        .await
+        .map_err(|e| FetchError::Connect { addr: addr.clone(), why: e.to_string() })?;
+    let _ = stream.set_nodelay(true);
+    let http = |e: &dyn std::fmt::Display| FetchError::Http(e.to_string());
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| http(&e))?;
+    // Dropping the connection future (when this function returns) closes the socket.
+    let conn = tokio::spawn(conn);
+    let _abort = AbortOnDrop(conn);
+    let mut req = http::Request::builder().method(method).uri(url.path.as_str()).header(header::HOST, addr);
+    for (k, v) in headers {
+        req = req.header(*k, v.as_str());
+    }
+    let req = req.body(Full::new(Bytes::from(body))).map_err(|e| http(&e))?;
+    let resp = sender.send_request(req).await.map_err(|e| http(&e))?;
+    let status = resp.status().as_u16();
+    let content_type = resp.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let declared = resp
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max_body as u64) {
+        return Err(FetchError::TooLarge { limit: max_body });
+    }
+    let mut incoming = resp.into_body();
+    let mut out = Vec::with_capacity(declared.map_or(0, |n| n as usize).min(max_body));
+    while let Some(frame) = incoming.frame().await {
+        let frame = frame.map_err(|e| http(&e))?;
+        if let Ok(data) = frame.into_data() {
+            if out.len() + data.len() > max_body {
+                return Err(FetchError::TooLarge { limit: max_body });
+            }
+            out.extend_from_slice(&data);
+        }
+    }
+    Ok(Response { status, content_type, body: out })
+}
+
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_camera_urls() {
+        let u = Url::parse("http://10.0.0.5:8080/snap/1.jpg?x=1").unwrap();
+        assert_eq!((u.host.as_str(), u.port, u.path.as_str()), ("10.0.0.5", 8080, "/snap/1.jpg?x=1"));
+        assert_eq!(Url::parse("http://cam").unwrap().path, "/");
+        assert_eq!(Url::parse("http://[::1]:81/a").unwrap().host, "::1");
+        for bad in ["https://cam/", "http://u:p@cam/", "http://:80/", "ftp://x", "http://cam:99999/", "http://c/a b"] {
+            assert!(Url::parse(bad).is_err(), "{bad}");
+        }
+    }
+}
