@@ -1,0 +1,696 @@
+//! The demo park on one machine: `configs/demo/park.toml` turned into gateway configurations,
+//! simulated field devices, alarm definitions and a central configuration in a run directory
+//! ([`generate`]), then real processes started from them ([`Park::start`]): one `vigil-central`, and
+//! per gateway one `vigil-sim` (its devices, over Modbus TCP and RTU on pseudo-terminals) and one
+//! `vigil-edge`. A scripted scenario runs on a loop; [`Park::check`] verifies it end to end.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+
+use crate::{http_get_auth, login, run_to_end, spawn, terminate};
+
+/// The park description (`configs/demo/park.toml`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParkSpec {
+    /// The enterprises.
+    pub enterprise: Vec<EnterpriseSpec>,
+    /// The gateways.
+    pub gateway: Vec<GatewaySpec>,
+}
+
+/// One enterprise.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnterpriseSpec {
+    /// Id (a topic level).
+    pub id: String,
+    /// Display name.
+    pub name: String,
+}
+
+/// One gateway and the simulated devices it reads.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewaySpec {
+    /// Gateway id.
+    pub id: String,
+    /// Its enterprise.
+    pub enterprise: String,
+    /// Radar tank gauges over Modbus TCP (`TK101`, `TK102`, ...).
+    pub tanks: u32,
+    /// Tanks whose level ramps through H and HH in a loop.
+    pub creeping: Vec<String>,
+    /// 8-channel gas-detection controllers over Modbus RTU (`GDS1`, `GDS2`, ...).
+    pub gas_controllers: u32,
+    /// Channels (`GDS1.ch1`) that climb through both gas alarm levels in a loop.
+    pub rising: Vec<String>,
+    /// Static-levelling sensors on an RS485 line (`LV01`, ...; the first is the base point).
+    pub levelling_sensors: u32,
+    /// The levelling sensor (1-based) that never answers.
+    pub silent_sensor: Option<u32>,
+    /// A scheduled uplink outage.
+    pub uplink_outage: Option<Outage>,
+}
+
+/// An uplink outage: first `after_s` after start, lasting `for_s`, repeated every `every_s`.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Outage {
+    /// Seconds after start of the first outage.
+    pub after_s: u64,
+    /// Duration.
+    pub for_s: u64,
+    /// Period.
+    pub every_s: u64,
+}
+
+/// Tank level limits (m) and gas limits (%LEL) of the generated alarm definitions.
+const TANK_H: f64 = 17.0;
+const TANK_HH: f64 = 18.5;
+const GAS_H: f64 = 25.0;
+const GAS_HH: f64 = 50.0;
+/// Scenario loop period: a creeping level or rising gas channel crosses both limits within it.
+pub const SCENARIO_PERIOD_S: u64 = 120;
+
+impl ParkSpec {
+    /// Reads and checks the description.
+    pub fn load(path: &Path) -> Result<ParkSpec> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let spec: ParkSpec = toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        for g in &spec.gateway {
+            if !spec.enterprise.iter().any(|e| e.id == g.enterprise) {
+                bail!("{}: gateway {} names unknown enterprise {:?}", path.display(), g.id, g.enterprise);
+            }
+            for t in &g.creeping {
+                if !(1..=g.tanks).any(|i| tank_name(i) == *t) {
+                    bail!("{}: gateway {}: creeping tank {t:?} is not one of its tanks", path.display(), g.id);
+                }
+            }
+            for r in &g.rising {
+                let ok = r.split_once('.').is_some_and(|(c, ch)| {
+                    (1..=g.gas_controllers).any(|i| format!("GDS{i}") == c)
+                        && ch
+                            .strip_prefix("ch")
+                            .and_then(|n| n.parse::<u32>().ok())
+                            .is_some_and(|n| (1..=8).contains(&n))
+                });
+                if !ok {
+                    bail!(
+                        "{}: gateway {}: rising channel {r:?} must be GDS<n>.ch<1-8> of its controllers",
+                        path.display(),
+                        g.id
+                    );
+                }
+            }
+            if let Some(s) = g.silent_sensor
+                && !(1..=g.levelling_sensors).contains(&s)
+            {
+                bail!("{}: gateway {}: silent_sensor {s} is not one of its sensors", path.display(), g.id);
+            }
+        }
+        Ok(spec)
+    }
+
+    /// Points all gateways read (excluding the gateways' own health points).
+    pub fn point_count(&self) -> u32 {
+        self.gateway
+            .iter()
+            .map(|g| g.tanks * TANK_POINTS + g.gas_controllers * GAS_POINTS + g.levelling_sensors * 3)
+            .sum()
+    }
+}
+
+fn tank_name(i: u32) -> String {
+    format!("TK{}", 100 + i)
+}
+
+const TANK_POINTS: u32 = 8;
+const GAS_POINTS: u32 = 16;
+
+/// A tank-gauge profile; a creeping tank's level ramps from 14 m to 19.5 m each period.
+fn tank_profile(creeping: bool) -> String {
+    let level = if creeping { format!("ramp 14 19.5 {SCENARIO_PERIOD_S}") } else { "sine 8.5 2.0 600".into() };
+    format!(
+        r#"description = "Radar tank gauge (demo{creep})"
+address_base = 0
+
+[[points]]
+id = "level"
+kind = "input"
+address = 0
+type = "f32"
+order = "CDAB"
+unit = "m"
+range = [0.0, 20.0]
+deadband = 0.002
+sim = "{level}"
+
+[[points]]
+id = "temperature"
+kind = "input"
+address = 2
+type = "f32"
+order = "CDAB"
+unit = "degC"
+range = [-40.0, 150.0]
+deadband = 0.1
+sim = "walk 25 0.05 15 35"
+
+[[points]]
+id = "volume"
+kind = "input"
+address = 4
+type = "f32"
+order = "CDAB"
+unit = "m3"
+range = [0.0, 5000.0]
+deadband = 0.5
+sim = "sine 2100 490 600"
+
+[[points]]
+id = "pressure"
+kind = "input"
+address = 6
+type = "i32"
+order = "ABCD"
+scale = 0.001
+unit = "kPa"
+range = [-10.0, 300.0]
+deadband = 0.05
+sim = "sine 101.3 0.5 120"
+
+[[points]]
+id = "alarm.hh"
+kind = "input"
+address = 10
+type = "bool"
+bit = 0
+sim = "const 0"
+
+[[points]]
+id = "alarm.h"
+kind = "input"
+address = 10
+type = "bool"
+bit = 1
+sim = "const 0"
+
+[[points]]
+id = "alarm.l"
+kind = "input"
+address = 10
+type = "bool"
+bit = 2
+sim = "const 0"
+
+[[points]]
+id = "pump.running"
+kind = "coil"
+address = 0
+sim = "sine 0 1 90"
+"#,
+        creep = if creeping { ", creeping level" } else { "" }
+    )
+}
+
+/// An 8-channel gas controller profile; channel `rising` (1-based) climbs 0..60 %LEL each period.
+fn gas_profile(rising: Option<u32>) -> String {
+    let mut s = format!(
+        "description = \"8-channel gas-detection controller (demo{})\"\naddress_base = 1\n",
+        rising.map(|c| format!(", ch{c} rising")).unwrap_or_default()
+    );
+    for ch in 1..=8u32 {
+        let sim = if rising == Some(ch) { format!("ramp 0 60 {SCENARIO_PERIOD_S}") } else { "walk 2 0.2 0 8".into() };
+        let _ = write!(
+            s,
+            "\n[[points]]\nid = \"ch{ch}.conc\"\nkind = \"holding\"\naddress = {ch}\ntype = \"u16\"\nscale = 0.1\nunit = \"%LEL\"\nrange = [0.0, 100.0]\ndeadband = 0.5\nsim = \"{sim}\"\n\n[[points]]\nid = \"ch{ch}.fault\"\nkind = \"holding\"\naddress = {}\ntype = \"bool\"\nbit = 0\nsim = \"const 0\"\n",
+            16 + ch
+        );
+    }
+    s
+}
+
+/// Where everything of a generated park lives, and the addresses it uses.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    /// The run directory.
+    pub dir: PathBuf,
+    /// The central configuration.
+    pub central_config: PathBuf,
+    /// Per gateway: its configuration and the `vigil-sim` fault arguments.
+    pub gateways: Vec<GatewayRun>,
+    /// The HTTP API / UI address.
+    pub api: std::net::SocketAddr,
+    /// The broker port central listens on (the embedded broker).
+    pub broker_port: u16,
+    /// Alarm definitions the scenario must raise: (point or gateway, condition).
+    pub expected_alarms: Vec<(String, String)>,
+    /// The password of the park administrator `admin` (generated by `vigil-central user add`).
+    pub admin_password: String,
+}
+
+/// One gateway of a generated park.
+#[derive(Debug, Clone)]
+pub struct GatewayRun {
+    /// Gateway id.
+    pub id: String,
+    /// Its configuration file.
+    pub config: PathBuf,
+    /// Extra `vigil-sim modbus` arguments (faults).
+    pub sim_args: Vec<String>,
+    /// Its scheduled uplink outage, if any (the gateway then connects through a fault proxy).
+    pub outage: Option<Outage>,
+    /// The port its uplink connects to (the broker, or its fault proxy).
+    pub uplink_port: u16,
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn write(path: &Path, text: &str) -> Result<()> {
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Writes the park's files into `dir` (created; must not hold an earlier park): PKI, keys, gateway
+/// and central configurations, profiles, alarm definitions, the registry entries.
+pub fn generate(spec: &ParkSpec, dir: &Path, api: std::net::SocketAddr) -> Result<Layout> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let profiles = dir.join("profiles");
+    std::fs::create_dir_all(&profiles)?;
+    write(&profiles.join("demo-tank.toml"), &tank_profile(false))?;
+    write(&profiles.join("demo-tank-creeping.toml"), &tank_profile(true))?;
+    write(&profiles.join("demo-gas.toml"), &gas_profile(None))?;
+    for ch in 1..=8 {
+        write(&profiles.join(format!("demo-gas-rising-ch{ch}.toml")), &gas_profile(Some(ch)))?;
+    }
+    let levelling = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/profiles/levelling-magnetostrictive.toml");
+    std::fs::copy(&levelling, profiles.join("levelling-magnetostrictive.toml"))
+        .with_context(|| format!("copying {}", levelling.display()))?;
+
+    let central_dir = dir.join("central");
+    std::fs::create_dir_all(&central_dir)?;
+    let central_key = central_dir.join("central.key");
+    let central_pub = run_to_end("vigil-central", &["keygen", "--out", path_str(&central_key)?])?;
+    let pki_dir = central_dir.join("pki");
+    run_to_end("vigil-central", &["pki", "init", "--dir", path_str(&pki_dir)?])?;
+    let broker_port = free_port()?;
+
+    let mut alarms =
+        String::from("# Generated by vigil-demo from configs/demo/park.toml.\n[engine]\ngateway_silence_s = 30\n");
+    let mut expected = Vec::new();
+    let mut gateways = Vec::new();
+    for g in &spec.gateway {
+        let gdir = dir.join(&g.id);
+        std::fs::create_dir_all(&gdir)?;
+        let key = gdir.join("gateway.key");
+        let gw_pub = run_to_end("vigil-edge", &["keygen", "--out", path_str(&key)?])?;
+        run_to_end("vigil-central", &["pki", "issue-gateway", &g.id, "--dir", path_str(&pki_dir)?])?;
+        let tls = pki_dir.join("gateways").join(&g.id);
+        let uplink_port = if g.uplink_outage.is_some() { free_port()? } else { broker_port };
+        let mut conf = format!(
+            r#"# Generated by vigil-demo from configs/demo/park.toml.
+[gateway]
+id = "{id}"
+enterprise = "{ent}"
+key_file = "{key}"
+
+[spool]
+path = "{spool}"
+batch_max_age_ms = 500
+
+[system]
+interval_ms = 1000
+
+[acquisition]
+profile_dir = "{profiles}"
+clock = "gateway"
+max_silent_s = 300
+
+[uplink]
+host = "127.0.0.1"
+port = {uplink_port}
+central_keys = ["{central}"]
+keepalive_s = 5
+resend_after_s = 5
+
+[uplink.tls]
+ca_file = "{ca}"
+cert_file = "{cert}"
+key_file = "{tls_key}"
+"#,
+            ca = tls.join("ca.pem").display(),
+            cert = tls.join(format!("{}.pem", g.id)).display(),
+            tls_key = tls.join(format!("{}.key", g.id)).display(),
+            id = g.id,
+            ent = g.enterprise,
+            central = central_pub.trim(),
+            key = key.display(),
+            spool = gdir.join("spool").display(),
+            profiles = profiles.display(),
+        );
+        let mut sim_args = Vec::new();
+        if g.tanks > 0 {
+            let port = free_port()?;
+            for i in 1..=g.tanks {
+                let name = tank_name(i);
+                let profile = if g.creeping.contains(&name) { "demo-tank-creeping" } else { "demo-tank" };
+                let _ = write!(
+                    conf,
+                    "\n[[devices]]\nname = \"{lower}\"\nprotocol = \"tcp\"\nhost = \"127.0.0.1\"\nport = {port}\nunit = {unit}\nprofile = \"{profile}\"\npoint_prefix = \"{name}.\"\npoll_ms = 1000\ntimeout_ms = 1000\n",
+                    lower = name.to_lowercase(),
+                    unit = (i - 1) % 247 + 1,
+                );
+                let point = format!("{}/{name}.level", g.id);
+                let _ = write!(
+                    alarms,
+                    "\n[[point]]\nid = \"{point}\"\ngateway = \"{gw}\"\ndevice = \"{lower}\"\nenterprise = \"{ent}\"\ngrade = \"A\"\nhh = {TANK_HH}\nh = {TANK_H}\nl = 1.0\nll = 0.5\ndeadband = 0.2\non_delay_s = 2\n",
+                    gw = g.id,
+                    lower = name.to_lowercase(),
+                    ent = g.enterprise,
+                );
+                if g.creeping.contains(&name) {
+                    expected.push((point.clone(), "Hi".to_owned()));
+                    expected.push((point, "HiHi".to_owned()));
+                }
+            }
+            if g.tanks > 247 {
+                bail!("gateway {}: at most 247 tanks on one Modbus TCP port", g.id);
+            }
+        }
+        if g.gas_controllers > 0 || g.levelling_sensors > 0 {
+            let _ = write!(
+                conf,
+                "\n[[buses]]\nname = \"rs485-1\"\npath = \"{}\"\nbaud = 9600\nparity = \"none\"\n",
+                gdir.join("rs485-1").display()
+            );
+        }
+        for c in 1..=g.gas_controllers {
+            let rising =
+                g.rising.iter().find_map(|r| r.strip_prefix(&format!("GDS{c}.ch")).and_then(|n| n.parse::<u32>().ok()));
+            let profile = rising.map_or("demo-gas".to_owned(), |ch| format!("demo-gas-rising-ch{ch}"));
+            let _ = write!(
+                conf,
+                "\n[[devices]]\nname = \"gds{c}\"\nprotocol = \"rtu\"\nbus = \"rs485-1\"\nunit = {c}\nprofile = \"{profile}\"\npoint_prefix = \"GDS{c}.\"\npoll_ms = 1000\ntimeout_ms = 300\nretries = 0\n",
+            );
+            for ch in 1..=8 {
+                let point = format!("{}/GDS{c}.ch{ch}.conc", g.id);
+                let _ = write!(
+                    alarms,
+                    "\n[[point]]\nid = \"{point}\"\ngateway = \"{gw}\"\ndevice = \"gds{c}\"\nenterprise = \"{ent}\"\ngrade = \"S\"\nhh = {GAS_HH}\nh = {GAS_H}\ndeadband = 2.0\n",
+                    gw = g.id,
+                    ent = g.enterprise,
+                );
+                if rising == Some(ch) {
+                    expected.push((point.clone(), "Hi".to_owned()));
+                    expected.push((point, "HiHi".to_owned()));
+                }
+            }
+        }
+        for s in 1..=g.levelling_sensors {
+            let unit = g.gas_controllers + s;
+            let name = format!("lv{s:02}");
+            let _ = write!(
+                conf,
+                "\n[[devices]]\nname = \"{name}\"\nprotocol = \"rtu\"\nbus = \"rs485-1\"\nunit = {unit}\nprofile = \"levelling-magnetostrictive\"\npoint_prefix = \"LV{s:02}.\"\npoll_ms = 5000\ntimeout_ms = 300\nretries = 0\n",
+            );
+            if g.silent_sensor == Some(s) {
+                sim_args.push("--fault".to_owned());
+                sim_args.push(format!("{name}=noanswer"));
+                expected.push((format!("{}/{name}", g.id), "DeviceOffline".to_owned()));
+            }
+        }
+        if g.uplink_outage.is_some() {
+            expected.push((g.id.clone(), "GatewayOffline".to_owned()));
+        }
+        let config = gdir.join("gateway.toml");
+        write(&config, &conf)?;
+        gateways.push(GatewayRun { id: g.id.clone(), config, sim_args, outage: g.uplink_outage, uplink_port });
+        let central_config = central_dir.join("central.toml");
+        if !central_config.exists() {
+            write(&central_config, &central_toml(broker_port, api))?;
+        }
+        run_to_end(
+            "vigil-central",
+            &[
+                "gateway",
+                "--config",
+                path_str(&central_config)?,
+                "add",
+                &g.id,
+                "--enterprise",
+                &g.enterprise,
+                "--key",
+                gw_pub.trim(),
+            ],
+        )?;
+    }
+    write(&central_dir.join("alarms.toml"), &alarms)?;
+    let central_config = central_dir.join("central.toml");
+    let admin_password = run_to_end(
+        "vigil-central",
+        &["user", "--config", path_str(&central_config)?, "add", "admin", "--role", "park_admin", "--generate"],
+    )?
+    .trim()
+    .to_owned();
+    Ok(Layout {
+        dir: dir.to_owned(),
+        central_config: central_dir.join("central.toml"),
+        gateways,
+        api,
+        broker_port,
+        expected_alarms: expected,
+        admin_password,
+    })
+}
+
+fn central_toml(broker_port: u16, api: std::net::SocketAddr) -> String {
+    format!(
+        r#"# Generated by vigil-demo from configs/demo/park.toml.
+data_dir = "data"
+key_file = "central.key"
+alarms = "alarms.toml"
+
+# The embedded broker, with the certificates `vigil-central pki init --dir pki` made.
+[broker]
+listen = "127.0.0.1:{broker_port}"
+
+[ingest]
+resend_after_ms = 3000
+checkpoint_interval_s = 60
+
+[api]
+listen = "{api}"
+"#
+    )
+}
+
+fn path_str(p: &Path) -> Result<&str> {
+    p.to_str().with_context(|| format!("path {} is not UTF-8", p.display()))
+}
+
+/// A running park: the processes, and the fault proxies of gateways with scheduled outages.
+pub struct Park {
+    /// Its layout.
+    pub layout: Layout,
+    central: Option<Child>,
+    processes: Vec<(String, Child)>,
+    proxies: BTreeMap<String, (vigil_tools::faultproxy::FaultProxy, Outage)>,
+    started: Instant,
+    token: String,
+}
+
+impl Park {
+    /// Starts central, then per gateway its simulator and agent; must run inside a tokio runtime
+    /// (the fault proxies are tasks).
+    pub async fn start(layout: Layout) -> Result<Park> {
+        let logs = layout.dir.join("logs");
+        std::fs::create_dir_all(&logs)?;
+        let central =
+            spawn("vigil-central", &["run", "--config", path_str(&layout.central_config)?], &logs.join("central.log"))?;
+        let broker = std::net::SocketAddr::from(([127, 0, 0, 1], layout.broker_port));
+        wait_for_port(broker, Duration::from_secs(30))
+            .await
+            .context("central's broker did not start (logs/central.log)")?;
+        let (port, password) = (layout.api.port(), layout.admin_password.clone());
+        let token = tokio::task::spawn_blocking(move || login(port, "admin", &password)).await??;
+        let mut park = Park {
+            layout: layout.clone(),
+            central: Some(central),
+            processes: Vec::new(),
+            proxies: BTreeMap::new(),
+            started: Instant::now(),
+            token,
+        };
+        for g in &layout.gateways {
+            let config = path_str(&g.config)?;
+            let mut sim = vec!["modbus", "--config", config];
+            sim.extend(g.sim_args.iter().map(String::as_str));
+            park.processes
+                .push((format!("{} sim", g.id), spawn("vigil-sim", &sim, &logs.join(format!("{}-sim.log", g.id)))?));
+            if let Some(outage) = g.outage {
+                let proxy = vigil_tools::faultproxy::FaultProxy::start_on(g.uplink_port, broker).await?;
+                park.proxies.insert(g.id.clone(), (proxy, outage));
+            }
+        }
+        // Give the simulators a moment to open their ports and pseudo-terminals.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        for g in &layout.gateways {
+            park.processes.push((
+                format!("{} agent", g.id),
+                spawn(
+                    "vigil-edge",
+                    &["run", "--config", path_str(&g.config)?],
+                    &logs.join(format!("{}-edge.log", g.id)),
+                )?,
+            ));
+        }
+        park.started = Instant::now();
+        Ok(park)
+    }
+
+    /// Drives the scheduled outages; call about once a second.
+    pub fn drive(&mut self) {
+        let t = self.started.elapsed().as_secs();
+        for (id, (proxy, o)) in &self.proxies {
+            let down = t >= o.after_s && (t - o.after_s) % o.every_s.max(1) < o.for_s;
+            if down != proxy.is_cut() {
+                if down {
+                    eprintln!("scenario: uplink of {id} cut for {} s", o.for_s);
+                    proxy.cut();
+                } else {
+                    eprintln!("scenario: uplink of {id} restored; it back-fills its spool");
+                    proxy.restore();
+                }
+            }
+        }
+    }
+
+    /// Whether every scheduled outage has happened and ended at least 15 s ago (time to back-fill).
+    pub fn outages_over(&self) -> bool {
+        let t = self.started.elapsed().as_secs();
+        self.proxies.values().all(|(p, o)| !p.is_cut() && t >= o.after_s + o.for_s + 15)
+    }
+
+    /// Seconds since the gateways started.
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Whether a process of the park has exited (name and status), which ends the demo.
+    pub fn exited(&mut self) -> Option<String> {
+        if let Some(c) = &mut self.central
+            && let Ok(Some(status)) = c.try_wait()
+        {
+            return Some(format!("vigil-central exited ({status})"));
+        }
+        self.processes
+            .iter_mut()
+            .find_map(|(name, c)| c.try_wait().ok().flatten().map(|s| format!("{name} exited ({s})")))
+    }
+
+    /// Stops every process in order: agents and simulators first, central last.
+    pub fn stop(&mut self) {
+        for (name, mut c) in std::mem::take(&mut self.processes).into_iter().rev() {
+            if let Err(e) = terminate(&mut c) {
+                eprintln!("stopping {name}: {e}");
+            }
+        }
+        if let Some(mut c) = self.central.take()
+            && let Err(e) = terminate(&mut c)
+        {
+            eprintln!("stopping vigil-central: {e}");
+        }
+    }
+
+    /// One GET on the API as the demo's admin; (status, body).
+    pub fn get(&self, path: &str) -> Result<(u16, String)> {
+        http_get_auth(self.layout.api.port(), &self.token, path)
+    }
+
+    /// The scenario's expected alarms not yet seen in central's alarm list (open or closed).
+    pub fn missing_alarms(&self) -> Result<Vec<(String, String)>> {
+        let (status, body) = self.get("/api/v1/alarms?limit=1000")?;
+        if status != 200 {
+            bail!("GET /api/v1/alarms answered {status}: {body}");
+        }
+        Ok(self
+            .layout
+            .expected_alarms
+            .iter()
+            .filter(|(source, condition)| !alarm_present(&body, source, condition))
+            .cloned()
+            .collect())
+    }
+
+    /// For every gateway: whether central holds its heartbeat counter without a gap from the first
+    /// value it has to the last (the heartbeat counts up by one per second per agent run).
+    pub fn heartbeat_gaps(&self) -> Result<Vec<String>> {
+        let mut problems = Vec::new();
+        for g in &self.layout.gateways {
+            let (status, body) =
+                self.get(&format!("/api/v1/raw?point={}/gateway.heartbeat&from=0&to={}&limit=100000", g.id, i64::MAX))?;
+            if status != 200 {
+                problems.push(format!("{}: heartbeat query answered {status}", g.id));
+                continue;
+            }
+            let v: serde_json::Value = serde_json::from_str(&body)?;
+            let values: Vec<i64> = v["samples"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|s| s["value"].as_i64()).collect())
+                .unwrap_or_default();
+            if values.len() < 10 {
+                problems.push(format!("{}: only {} heartbeat samples", g.id, values.len()));
+            } else if let Some(w) = values.windows(2).find(|w| w[1] != w[0] + 1) {
+                problems.push(format!("{}: heartbeat jumps from {} to {}", g.id, w[0], w[1]));
+            }
+        }
+        Ok(problems)
+    }
+}
+
+/// Whether the alarm list JSON holds an alarm of `source` (point, gateway or `gateway/device`) with `condition`.
+fn alarm_present(body: &str, source: &str, condition: &str) -> bool {
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(body) else { return false };
+    let items = v["items"].as_array().or_else(|| v["alarms"].as_array());
+    items.is_some_and(|list| {
+        list.iter().any(|a| {
+            let key = &a["key"];
+            let src = &key["source"];
+            let name = src["Point"]
+                .as_str()
+                .map(str::to_owned)
+                .or_else(|| src["Gateway"].as_str().map(str::to_owned))
+                .or_else(|| {
+                    src["Device"]
+                        .as_array()
+                        .map(|d| format!("{}/{}", d[0].as_str().unwrap_or(""), d[1].as_str().unwrap_or("")))
+                });
+            name.as_deref() == Some(source) && key["condition"] == condition
+        })
+    })
+}
+
+impl Drop for Park {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+async fn wait_for_port(addr: std::net::SocketAddr, limit: Duration) -> Result<()> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    bail!("nothing listens on {addr} after {limit:?}")
+}
