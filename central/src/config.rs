@@ -37,27 +37,129 @@ pub enum ConfigError {
 }
 
 /// The whole configuration.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone)]
 pub struct Config {
     /// Data directory: WAL, chunks, metadata database, checkpoint.
     pub data_dir: PathBuf,
     /// Central's signing key (acks and commands), mode 0600.
     pub key_file: PathBuf,
-    /// The broker to connect to.
+    /// The broker ingest connects to: the external one of `[mqtt]`, or else the embedded broker over
+    /// loopback TLS with central's client certificate.
     pub mqtt: MqttConfig,
+    /// The embedded broker central runs (the default); `None` when `[mqtt]` names an external one.
+    pub broker: Option<BrokerConfig>,
     /// Ingest tuning.
-    #[serde(default)]
     pub ingest: IngestConfig,
     /// Historian settings.
-    #[serde(default)]
     pub historian: HistorianConfig,
     /// HTTP query API.
-    #[serde(default)]
     pub api: ApiConfig,
+    /// Users and sessions: password policy, lockout, token lifetime.
+    pub auth: crate::identity::AuthConfig,
     /// Alarm definitions file (see `configs/examples/alarms.toml`); without it the alarm engine
     /// still raises gateway and device offline, source-fault and data-loss alarms.
     pub alarms: Option<PathBuf>,
+}
+
+/// The file as written: `[mqtt]` and `[broker]` are both optional (at most one may be given).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    data_dir: PathBuf,
+    key_file: PathBuf,
+    mqtt: Option<MqttConfig>,
+    broker: Option<BrokerConfig>,
+    #[serde(default)]
+    ingest: IngestConfig,
+    #[serde(default)]
+    historian: HistorianConfig,
+    #[serde(default)]
+    api: ApiConfig,
+    #[serde(default)]
+    auth: crate::identity::AuthConfig,
+    alarms: Option<PathBuf>,
+}
+
+/// The embedded MQTT broker (`[broker]`; used when `[mqtt]` is absent). Files are PEM, relative to
+/// the configuration file; `vigil-central pki init --dir pki` creates them under the default names.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerConfig {
+    /// Listen address for gateways (MQTT over TLS).
+    pub listen: SocketAddr,
+    /// The park CA: client certificates must be signed by it.
+    pub ca_file: PathBuf,
+    /// The broker's server certificate (its names must include how gateways reach central).
+    pub cert_file: PathBuf,
+    /// Its private key.
+    pub key_file: PathBuf,
+    /// Common name (= MQTT client id) of central's own client certificate.
+    pub central_cn: String,
+    /// Central's client certificate, for ingest's loopback connection.
+    pub central_cert_file: PathBuf,
+    /// Its private key.
+    pub central_key_file: PathBuf,
+    /// Most connections at once (more are refused and counted).
+    pub max_connections: usize,
+    /// Largest MQTT packet accepted, bytes.
+    pub max_packet_bytes: usize,
+    /// Messages queued per connection; a subscriber whose queue is full is disconnected.
+    pub queue_len: usize,
+    /// Unacknowledged QoS 1 deliveries per connection.
+    pub max_inflight: usize,
+    /// TLS handshake and CONNECT must complete within this, ms.
+    pub handshake_timeout_ms: u64,
+    /// Keep-alive cap, s (also used for clients asking for none).
+    pub max_keep_alive_s: u16,
+    /// A write to a client must complete within this, ms.
+    pub write_timeout_ms: u64,
+    /// Most retained messages kept.
+    pub max_retained: usize,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8883)),
+            ca_file: PathBuf::from("pki/ca.pem"),
+            cert_file: PathBuf::from("pki/broker.pem"),
+            key_file: PathBuf::from("pki/broker.key"),
+            central_cn: default_client_id(),
+            central_cert_file: PathBuf::from("pki/central-tls.pem"),
+            central_key_file: PathBuf::from("pki/central-tls.key"),
+            max_connections: 10_000,
+            max_packet_bytes: vigil_common::envelope::Kind::Batch.max_envelope_len() + 1024,
+            queue_len: 10_000,
+            max_inflight: 1000,
+            handshake_timeout_ms: 10_000,
+            max_keep_alive_s: 600,
+            write_timeout_ms: 30_000,
+            max_retained: 100_000,
+        }
+    }
+}
+
+impl BrokerConfig {
+    /// How ingest reaches this broker: loopback TLS with central's client certificate.
+    pub fn loopback(&self, port: u16) -> MqttConfig {
+        let ip = self.listen.ip();
+        let host = match ip {
+            std::net::IpAddr::V4(v4) if v4.is_unspecified() => "127.0.0.1".to_owned(),
+            std::net::IpAddr::V6(v6) if v6.is_unspecified() => "::1".to_owned(),
+            ip => ip.to_string(),
+        };
+        MqttConfig {
+            host,
+            port,
+            client_id: self.central_cn.clone(),
+            tls: Some(TlsConfig {
+                ca_file: self.ca_file.clone(),
+                cert_file: self.central_cert_file.clone(),
+                key_file: self.central_key_file.clone(),
+            }),
+            keep_alive_s: default_keep_alive(),
+        }
+    }
 }
 
 /// External broker connection.
@@ -126,11 +228,13 @@ pub struct HistorianConfig {
     pub retention_days: u32,
     /// Most samples held uncompressed in heads before all heads are flushed.
     pub max_head_samples: usize,
+    /// Lossy swinging-door compression rules (`[[historian.swinging_door]]`); none: lossless.
+    pub swinging_door: Vec<crate::swinging_door::DoorRule>,
 }
 
 impl Default for HistorianConfig {
     fn default() -> Self {
-        HistorianConfig { retention_days: 400, max_head_samples: 8_000_000 }
+        HistorianConfig { retention_days: 400, max_head_samples: 8_000_000, swinging_door: Vec::new() }
     }
 }
 
@@ -140,11 +244,26 @@ impl Default for HistorianConfig {
 pub struct ApiConfig {
     /// Listen address.
     pub listen: SocketAddr,
+    /// Largest request body accepted, bytes.
+    pub max_body_bytes: usize,
+    /// Longest time to a response head, seconds (streams run longer).
+    pub request_timeout_s: u64,
+    /// API-call log records queued for the writer; beyond this, records are counted as dropped
+    /// rather than slowing requests down.
+    pub call_log_queue: usize,
+    /// Mark the session cookie `Secure` (set when central is reached over HTTPS).
+    pub secure_cookie: bool,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        ApiConfig { listen: SocketAddr::from(([127, 0, 0, 1], 8080)) }
+        ApiConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            max_body_bytes: 1024 * 1024,
+            request_timeout_s: 30,
+            call_log_queue: 65_536,
+            secure_cookie: false,
+        }
     }
 }
 
@@ -155,32 +274,92 @@ fn default_keep_alive() -> u64 {
     15
 }
 
+fn check_broker(b: &BrokerConfig) -> Result<(), (&'static str, &'static str)> {
+    if b.central_cn.is_empty() {
+        return Err(("broker.central_cn", "must not be empty"));
+    }
+    if b.max_connections == 0 {
+        return Err(("broker.max_connections", "must be at least 1"));
+    }
+    if b.max_packet_bytes < 1024 {
+        return Err(("broker.max_packet_bytes", "must be at least 1024"));
+    }
+    if b.queue_len == 0 {
+        return Err(("broker.queue_len", "must be at least 1"));
+    }
+    if !(1..=65_000).contains(&b.max_inflight) {
+        return Err(("broker.max_inflight", "must be 1..=65000"));
+    }
+    if b.handshake_timeout_ms < 100 {
+        return Err(("broker.handshake_timeout_ms", "must be at least 100"));
+    }
+    if b.write_timeout_ms < 100 {
+        return Err(("broker.write_timeout_ms", "must be at least 100"));
+    }
+    if b.max_keep_alive_s < 5 {
+        return Err(("broker.max_keep_alive_s", "must be at least 5"));
+    }
+    if b.max_retained == 0 {
+        return Err(("broker.max_retained", "must be at least 1"));
+    }
+    Ok(())
+}
+
 impl Config {
     /// Reads and validates a configuration file; relative paths are taken from the file's directory.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text =
             std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
-        let mut c: Config =
+        let mut raw: RawConfig =
             toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.to_owned(), message: e.to_string() })?;
+        let invalid = |key, why: &str| ConfigError::Invalid { path: path.to_owned(), key, why: why.to_owned() };
         let base = path.parent().unwrap_or(Path::new("."));
-        for p in [&mut c.data_dir, &mut c.key_file] {
+        let absolute = |p: &mut PathBuf| {
             if p.is_relative() {
                 *p = base.join(&*p);
             }
+        };
+        absolute(&mut raw.data_dir);
+        absolute(&mut raw.key_file);
+        if let Some(p) = &mut raw.alarms {
+            absolute(p);
         }
-        if let Some(p) = &mut c.alarms
-            && p.is_relative()
-        {
-            *p = base.join(&*p);
-        }
-        if let Some(t) = &mut c.mqtt.tls {
+        if let Some(t) = raw.mqtt.as_mut().and_then(|m| m.tls.as_mut()) {
             for p in [&mut t.ca_file, &mut t.cert_file, &mut t.key_file] {
-                if p.is_relative() {
-                    *p = base.join(&*p);
-                }
+                absolute(p);
             }
         }
-        let invalid = |key, why: &str| ConfigError::Invalid { path: path.to_owned(), key, why: why.to_owned() };
+        let (mqtt, broker) = match (raw.mqtt, raw.broker) {
+            (Some(_), Some(_)) => {
+                return Err(invalid("broker", "give [broker] (embedded broker) or [mqtt] (external broker), not both"));
+            }
+            (Some(m), None) => (m, None),
+            (None, b) => {
+                let mut b = b.unwrap_or_default();
+                for p in [
+                    &mut b.ca_file,
+                    &mut b.cert_file,
+                    &mut b.key_file,
+                    &mut b.central_cert_file,
+                    &mut b.central_key_file,
+                ] {
+                    absolute(p);
+                }
+                check_broker(&b).map_err(|(key, why)| invalid(key, why))?;
+                (b.loopback(b.listen.port()), Some(b))
+            }
+        };
+        let c = Config {
+            data_dir: raw.data_dir,
+            key_file: raw.key_file,
+            mqtt,
+            broker,
+            ingest: raw.ingest,
+            historian: raw.historian,
+            api: raw.api,
+            auth: raw.auth,
+            alarms: raw.alarms,
+        };
         if c.ingest.group_max == 0 || c.ingest.group_max > 100_000 {
             return Err(invalid("ingest.group_max", "must be 1..=100000"));
         }
@@ -193,8 +372,23 @@ impl Config {
         if c.historian.retention_days == 0 {
             return Err(invalid("historian.retention_days", "must be at least 1"));
         }
+        if let Some(why) = c.historian.swinging_door.iter().find_map(|r| r.problem()) {
+            return Err(invalid("historian.swinging_door", &why));
+        }
         if c.mqtt.keep_alive_s < 5 {
             return Err(invalid("mqtt.keep_alive_s", "must be at least 5"));
+        }
+        if c.api.max_body_bytes < 1024 {
+            return Err(invalid("api.max_body_bytes", "must be at least 1024"));
+        }
+        if c.api.request_timeout_s == 0 {
+            return Err(invalid("api.request_timeout_s", "must be at least 1"));
+        }
+        if c.api.call_log_queue == 0 {
+            return Err(invalid("api.call_log_queue", "must be at least 1"));
+        }
+        if let Err((key, why)) = c.auth.validate() {
+            return Err(invalid(key, &why));
         }
         Ok(c)
     }
@@ -211,6 +405,7 @@ mod tests {
         let c = Config::load(&example).unwrap();
         assert_eq!(c.historian.retention_days, 400);
         assert!(c.mqtt.tls.is_some());
+        assert_eq!(c.broker.as_ref().unwrap().cert_file, example.parent().unwrap().join("pki/broker.pem"));
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("c.toml");
         std::fs::write(
@@ -225,5 +420,31 @@ mod tests {
         assert!(e.contains("bogus"), "{e}");
         std::fs::write(&p, "data_dir = \"d\"\nkey_file = \"k\"\n[mqtt]\nhost = \"h\"\nport = 1\n").unwrap();
         assert_eq!(Config::load(&p).unwrap().data_dir, dir.path().join("d"));
+    }
+
+    #[test]
+    fn without_mqtt_central_runs_the_embedded_broker_and_ingest_reaches_it_over_loopback_tls() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "data_dir = \"d\"\nkey_file = \"k\"\n").unwrap();
+        let c = Config::load(&p).unwrap();
+        let b = c.broker.as_ref().unwrap();
+        assert_eq!(b.ca_file, dir.path().join("pki/ca.pem"));
+        assert_eq!(
+            (c.mqtt.host.as_str(), c.mqtt.port, c.mqtt.client_id.as_str()),
+            ("127.0.0.1", 8883, "vigil-central")
+        );
+        assert_eq!(c.mqtt.tls.as_ref().unwrap().cert_file, dir.path().join("pki/central-tls.pem"));
+        std::fs::write(
+            &p,
+            "data_dir = \"d\"\nkey_file = \"k\"\n[broker]\nlisten = \"10.0.0.5:1884\"\ncentral_cn = \"c1\"\n",
+        )
+        .unwrap();
+        let c = Config::load(&p).unwrap();
+        assert_eq!((c.mqtt.host.as_str(), c.mqtt.port, c.mqtt.client_id.as_str()), ("10.0.0.5", 1884, "c1"));
+        std::fs::write(&p, "data_dir = \"d\"\nkey_file = \"k\"\n[broker]\nmax_inflight = 0\n").unwrap();
+        assert!(Config::load(&p).unwrap_err().to_string().contains("broker.max_inflight"));
+        std::fs::write(&p, "data_dir = \"d\"\nkey_file = \"k\"\n[broker]\n[mqtt]\nhost = \"h\"\nport = 1\n").unwrap();
+        assert!(Config::load(&p).unwrap_err().to_string().contains("not both"));
     }
 }

@@ -11,11 +11,13 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write as _};
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Serialize;
 use vigil_common::codec::{self, BitReader, BitWriter, CodecError};
 use vigil_common::{GatewayId, PointId, Sample, Severity};
 
+use crate::swinging_door::{self, DoorPolicy};
 use crate::wal::{encode_record, scan_records};
 
 /// Samples in a head before it is compressed into a chunk.
@@ -540,6 +542,8 @@ pub struct HistorianStats {
     pub chunk_samples: u64,
     /// Chunks dropped by retention.
     pub chunks_dropped: u64,
+    /// Samples left out of chunks by swinging-door compression (within the point's deviation).
+    pub samples_compressed_away: u64,
 }
 
 /// The historian.
@@ -550,6 +554,7 @@ pub struct Historian {
     head_samples: usize,
     max_head_samples: usize,
     stats: HistorianStats,
+    compression: Arc<DoorPolicy>,
 }
 
 /// One bucket of an aggregate query.
@@ -599,6 +604,7 @@ impl Historian {
             head_samples: 0,
             max_head_samples: max_head_samples.max(CHUNK_SAMPLES),
             stats: HistorianStats::default(),
+            compression: Arc::default(),
         };
         let keys: Vec<SeriesKey> = h.series.keys().cloned().collect();
         for k in keys {
@@ -614,6 +620,11 @@ impl Historian {
             }
         }
         Ok(h)
+    }
+
+    /// Applies `policy` to samples written from now on (lossless until called).
+    pub fn set_compression(&mut self, policy: Arc<DoorPolicy>) {
+        self.compression = policy;
     }
 
     /// The generation new chunks are written in (the next checkpoint's).
@@ -662,11 +673,17 @@ impl Historian {
 
     fn flush_one(&mut self, key: &SeriesKey, late: bool) -> Result<(), HistorianError> {
         let Some(st) = self.series.get_mut(key) else { return Ok(()) };
-        let samples = std::mem::take(if late { &mut st.late } else { &mut st.head });
+        let mut samples = std::mem::take(if late { &mut st.late } else { &mut st.head });
         if samples.is_empty() {
             return Ok(());
         }
         self.head_samples = self.head_samples.saturating_sub(samples.len());
+        if let Some(door) = self.compression.setting(key) {
+            let kept = swinging_door::keep(&samples, door.deviation, &door.limits);
+            self.stats.samples_compressed_away += (samples.len() - kept.len()) as u64;
+            let kept: Vec<Sample> = kept.into_iter().map(|i| samples[i].clone()).collect();
+            samples = kept;
+        }
         for part in samples.chunks(CHUNK_SAMPLES) {
             let (body, stats) = encode_chunk(key, self.generation, part)?;
             let (min_ts, max_ts) = (part[0].ts_ms, part[part.len() - 1].ts_ms);
@@ -1064,5 +1081,45 @@ mod tests {
             h.raw(&k, 0, i64::MAX, 10).unwrap().iter().map(|s| s.ts_ms).collect::<Vec<_>>(),
             vec![t0 + 3 * DAY_MS]
         );
+    }
+
+    #[test]
+    fn a_compressed_point_stores_fewer_samples_within_its_deviation_and_keeps_limit_crossings() {
+        use crate::swinging_door::{DoorPolicy, DoorRule};
+        let dir = tempfile::tempdir().unwrap();
+        let (lossy, lossless) = (key("LT1"), key("TT1"));
+        let policy = DoorPolicy::new(vec![DoorRule { points: vec!["gw1/LT*".into()], deviation: 0.05 }]);
+        policy.set_limits("gw1/LT1", vec![80.0]);
+        let mut h = Historian::open(Box::new(FileChunkStore::open(dir.path()).unwrap()), 0, 1_000_000).unwrap();
+        h.set_compression(Arc::new(policy));
+        // A slow ramp with +-0.02 of noise that crosses 80.0 once.
+        let samples: Vec<Sample> = (0..5000)
+            .map(|i| sample(1_000 * i, 70.0 + i as f64 * 0.004 + if i % 2 == 0 { 0.02 } else { -0.02 }, Quality::GOOD))
+            .collect();
+        for k in [&lossy, &lossless] {
+            h.insert(&k.gateway, &k.point, &samples).unwrap();
+        }
+        h.make_durable().unwrap();
+        let all = h.raw(&lossless, 0, i64::MAX, 10_000).unwrap();
+        assert_eq!(all, samples, "a point without a rule stays lossless");
+        let kept = h.raw(&lossy, 0, i64::MAX, 10_000).unwrap();
+        assert!(kept.len() < samples.len() / 10, "kept {} of {}", kept.len(), samples.len());
+        assert_eq!(h.stats().samples_compressed_away, (samples.len() - kept.len()) as u64);
+        let crossing =
+            samples.windows(2).position(|w| w[0].value.as_f64() < Some(80.0) && w[1].value.as_f64() >= Some(80.0));
+        let crossing = crossing.unwrap();
+        for s in &samples[crossing..=crossing + 1] {
+            assert!(kept.contains(s), "limit crossing at {} dropped", s.ts_ms);
+        }
+        for s in &samples {
+            let after = kept.partition_point(|k| k.ts_ms <= s.ts_ms);
+            if after == 0 || after == kept.len() {
+                continue;
+            }
+            let (a, b) = (&kept[after - 1], &kept[after]);
+            let (va, vb) = (a.value.as_f64().unwrap(), b.value.as_f64().unwrap());
+            let interp = va + (vb - va) * (s.ts_ms - a.ts_ms) as f64 / (b.ts_ms - a.ts_ms) as f64;
+            assert!((interp - s.value.as_f64().unwrap()).abs() <= 0.05 + 1e-9, "sample at {} off", s.ts_ms);
+        }
     }
 }

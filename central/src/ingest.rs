@@ -20,6 +20,7 @@ use crate::config::{Config, MqttConfig};
 use crate::historian::{FileChunkStore, Historian, HistorianError};
 use crate::seen::Seen;
 use crate::store::{GatewayKeys, Registry, StoreError};
+use crate::swinging_door::DoorPolicy;
 use crate::wal::{self, Wal, WalError};
 
 /// Why ingest failed (fatal errors only: bad input is counted, never an error).
@@ -45,6 +46,9 @@ pub enum IngestError {
     /// TLS setup.
     #[error("MQTT TLS: {0}")]
     Tls(String),
+    /// The evidence store could not be opened.
+    #[error(transparent)]
+    Evidence(#[from] crate::evidence::EvidenceError),
 }
 
 /// Why a batch was rejected (each has a counter).
@@ -322,6 +326,8 @@ pub struct Core {
     pub metrics: Arc<IngestMetrics>,
     /// Consumer streams.
     pub streams: Streams,
+    /// Camera snapshots that came with gas detections (shared with the query API).
+    pub evidence: Arc<crate::evidence::EvidenceStore>,
     wal_bytes_at_checkpoint: u64,
     last_checkpoint: Instant,
     last_touch: HashMap<GatewayId, Instant>,
@@ -344,22 +350,38 @@ pub struct Incoming {
 pub type Outgoing = (String, Vec<u8>);
 
 impl Core {
-    /// Opens the data directory: registry, checkpoint, chunks, WAL replay.
+    /// Opens the data directory: registry, checkpoint, chunks, WAL replay; the historian compresses
+    /// by the configured swinging-door rules, without alarm limits.
     pub async fn open(cfg: Config, central_key: SigningKey) -> Result<Core, IngestError> {
+        let policy = Arc::new(DoorPolicy::new(cfg.historian.swinging_door.clone()));
+        Core::open_with_compression(cfg, central_key, policy).await
+    }
+
+    /// [`Core::open`] with a compression policy that already knows the points' alarm limits (the WAL
+    /// replay may write chunks, and limit crossings must survive compression).
+    pub async fn open_with_compression(
+        cfg: Config,
+        central_key: SigningKey,
+        compression: Arc<DoorPolicy>,
+    ) -> Result<Core, IngestError> {
         let data_dir = cfg.data_dir.clone();
         let registry = Registry::open(&data_dir).await?;
         let cp = read_checkpoint(&data_dir.join("checkpoint.json"))?;
         let store = FileChunkStore::open(&data_dir.join("chunks"))?;
         let mut historian = Historian::open(Box::new(store), cp.generation, cfg.historian.max_head_samples)?;
+        historian.set_compression(compression);
         let mut seen = cp.seen;
         let mut records = Vec::new();
         let wal =
             Wal::open(&data_dir.join("wal"), cp.wal_from, wal::DEFAULT_SEGMENT_BYTES, |_, r| records.push(r.to_vec()))?;
         let metrics = Arc::new(IngestMetrics::default());
+        let evidence = crate::evidence::EvidenceStore::open(&data_dir.join("evidence"))?;
         let mut bad = 0u64;
         for r in &records {
             match parse_wal_record(r) {
-                Some((_, batch)) => {
+                Some((enterprise, batch)) => {
+                    // Idempotent: stores what a crash after the WAL commit may have lost.
+                    evidence.keep_batch(&enterprise, &batch);
                     if seen.insert(&batch.gateway, batch.epoch, batch.seq) {
                         for s in &batch.series {
                             historian.insert(&batch.gateway, &s.point, &s.samples)?;
@@ -391,6 +413,7 @@ impl Core {
             central_key,
             metrics,
             streams: Streams::default(),
+            evidence: Arc::new(evidence),
             wal_bytes_at_checkpoint: 0,
             last_checkpoint: Instant::now(),
             last_touch: HashMap::new(),
@@ -531,6 +554,10 @@ impl Core {
                     h.insert(&b.gateway, &s.point, &s.samples)?;
                 }
             }
+        }
+        // Evidence images are on disk before the batch is acknowledged.
+        for (enterprise, b, _) in accepted.iter().filter(|(_, b, _)| !b.events.is_empty()) {
+            tokio::task::block_in_place(|| self.evidence.keep_batch(enterprise, b));
         }
         let mut seen_gw: BTreeMap<GatewayId, String> = BTreeMap::new();
         for (enterprise, batch, _) in accepted {

@@ -3,10 +3,15 @@
 
 pub mod alarms;
 pub mod api;
+pub mod broker;
 pub mod config;
+pub mod evidence;
 pub mod historian;
+pub mod identity;
 pub mod ingest;
+pub mod notify;
 pub mod seen;
 pub mod store;
 pub mod swinging_door;
+pub mod ui;
 pub mod wal;

@@ -3,11 +3,98 @@
 //! always kept when it is the first or last of the input, non-numeric, changes quality (the sample
 //! before the change too), or crosses one of the given alarm limits (the sample before it too).
 //!
-//! Not yet applied by ingest: central has no per-point configuration (deviation from the point's
-//! accuracy, alarm limits) until the alarm/point-configuration issue; the function and its guarantee
-//! are tested here and its storage effect is measured by `bench-historian`.
+//! Lossless is the default. [`DoorPolicy`] says which points are compressed (`[[historian.swinging_door]]`
+//! rules in central's configuration) and with which alarm limits; the historian applies it when it
+//! writes a head as chunks, so the alarm engine (fed before the historian) always sees every sample.
 
+use std::collections::HashMap;
+use std::sync::RwLock;
+
+use serde::Deserialize;
 use vigil_common::Sample;
+
+use crate::historian::SeriesKey;
+
+/// One `[[historian.swinging_door]]` rule: points matching any pattern are compressed within `deviation`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DoorRule {
+    /// `gateway/point` keys; a trailing `*` matches any rest (`gw-01/TK1*`, `*`).
+    pub points: Vec<String>,
+    /// Largest difference, in the point's unit, between a dropped sample and the line through the
+    /// kept ones (typically the sensor's accuracy).
+    pub deviation: f64,
+}
+
+impl DoorRule {
+    /// Why the rule is unusable, if it is.
+    pub fn problem(&self) -> Option<String> {
+        if !(self.deviation.is_finite() && self.deviation > 0.0) {
+            return Some(format!("deviation {} must be a positive number", self.deviation));
+        }
+        if self.points.is_empty() {
+            return Some("points must name at least one pattern".into());
+        }
+        self.points
+            .iter()
+            .find(|p| p.is_empty() || p.trim_end_matches('*').contains('*'))
+            .map(|p| format!("pattern {p:?}: only one trailing `*` is allowed"))
+    }
+
+    fn matches(&self, key: &str) -> bool {
+        self.points.iter().any(|p| match p.strip_suffix('*') {
+            Some(prefix) => key.starts_with(prefix),
+            None => key == p,
+        })
+    }
+}
+
+/// What the historian does to one point's samples before writing them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DoorSetting {
+    /// The deviation.
+    pub deviation: f64,
+    /// Alarm limits whose crossings are always kept.
+    pub limits: Vec<f64>,
+}
+
+/// The per-point compression policy: configured rules, and the current alarm limits of each point
+/// (kept fresh by whoever owns them, so an approved threshold change is honoured).
+#[derive(Debug, Default)]
+pub struct DoorPolicy {
+    rules: Vec<DoorRule>,
+    limits: RwLock<HashMap<String, Vec<f64>>>,
+}
+
+impl DoorPolicy {
+    /// A policy of `rules` (first matching rule wins); no rules means lossless for every point.
+    pub fn new(rules: Vec<DoorRule>) -> DoorPolicy {
+        DoorPolicy { rules, limits: RwLock::default() }
+    }
+
+    /// Whether any point can be compressed at all.
+    pub fn is_lossless(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    /// Records the alarm limits of point `key` (`gateway/point`).
+    pub fn set_limits(&self, key: &str, limits: Vec<f64>) {
+        if let Ok(mut map) = self.limits.write() {
+            map.insert(key.to_owned(), limits);
+        }
+    }
+
+    /// The setting of one point; `None` keeps it lossless.
+    pub fn setting(&self, key: &SeriesKey) -> Option<DoorSetting> {
+        if self.rules.is_empty() {
+            return None;
+        }
+        let text = format!("{}/{}", key.gateway, key.point);
+        let rule = self.rules.iter().find(|r| r.matches(&text))?;
+        let limits = self.limits.read().ok().and_then(|m| m.get(&text).cloned()).unwrap_or_default();
+        Some(DoorSetting { deviation: rule.deviation, limits })
+    }
+}
 
 fn crosses(a: f64, b: f64, limits: &[f64]) -> bool {
     limits.iter().any(|&l| (a < l) != (b < l))
@@ -123,6 +210,25 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn rules_match_by_prefix_first_rule_wins_and_carry_the_current_limits() {
+        use vigil_common::{GatewayId, PointId};
+        let policy = DoorPolicy::new(vec![
+            DoorRule { points: vec!["gw-01/TK1*".into()], deviation: 0.1 },
+            DoorRule { points: vec!["*".into()], deviation: 0.5 },
+        ]);
+        let key = |g: &str, p: &str| SeriesKey { gateway: GatewayId::new(g).unwrap(), point: PointId::new(p).unwrap() };
+        assert_eq!(policy.setting(&key("gw-01", "TK101.LT")).unwrap().deviation, 0.1);
+        assert_eq!(policy.setting(&key("gw-02", "TK101.LT")).unwrap().deviation, 0.5);
+        policy.set_limits("gw-01/TK101.LT", vec![80.0, 90.0]);
+        assert_eq!(policy.setting(&key("gw-01", "TK101.LT")).unwrap().limits, vec![80.0, 90.0]);
+        assert!(DoorPolicy::new(vec![]).setting(&key("gw-01", "TK101.LT")).is_none());
+        assert!(DoorRule { points: vec!["a*b*".into()], deviation: 1.0 }.problem().is_some());
+        assert!(DoorRule { points: vec!["a".into()], deviation: 0.0 }.problem().is_some());
+        assert!(DoorRule { points: vec![], deviation: 1.0 }.problem().is_some());
+        assert!(DoorRule { points: vec!["gw-01/*".into()], deviation: 0.2 }.problem().is_none());
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{SimGateway, free_port, http_get, mqtt_client, unique};
+use support::{SimGateway, free_port, http_get, http_get_auth, login_blocking, mqtt_client, unique};
 use vigil_common::PublicKey;
 
 const BIN: &str = env!("CARGO_BIN_EXE_vigil-central");
@@ -70,10 +70,15 @@ async fn kill_9_many_times_loses_nothing_acknowledged_and_duplicates_nothing() {
         &gw.key.public_key().to_text(),
     ]);
     assert!(cli(&["gateway", "--config", cfg, "list"]).contains(gw.gateway.as_str()));
+    // The query API needs a user: one with a generated password, logged in once; the session is
+    // stored, so the token outlives every kill below.
+    let password = cli(&["user", "--config", cfg, "add", "reader", "--role", "operator", "--generate"]);
+    assert!(cli(&["user", "--config", cfg, "list"]).contains("\"reader\""));
 
     let log = dir.path().join("central.log");
     let mut child = start(&config, &log);
     wait_api(api);
+    let token = login_blocking(api, "reader", password.trim());
     let (client, mut acks) = mqtt_client(&unique("gwsim"), 1883, &[gw.topic("down/ack")]).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let t0 = 1_795_000_000_000;
@@ -130,7 +135,7 @@ async fn kill_9_many_times_loses_nothing_acknowledged_and_duplicates_nothing() {
     let mut want = gw.produced.clone();
     want.sort_unstable();
     let path = format!("/api/v1/raw?point={}/{}&from=0&to=9000000000000&limit=100000", gw.gateway, gw.point);
-    let (status, body) = http_get(api, &path).unwrap();
+    let (status, body) = http_get_auth(api, &token, &path).unwrap();
     assert_eq!(status, 200, "{body}");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     let got: Vec<i64> = v["samples"].as_array().unwrap().iter().map(|s| s["ts_ms"].as_i64().unwrap()).collect();
@@ -138,13 +143,14 @@ async fn kill_9_many_times_loses_nothing_acknowledged_and_duplicates_nothing() {
     assert_eq!(got, want);
     // Latest and a whole-range aggregate, against the produced data.
     let value = |ts: i64| (ts % 1_000_000) as f64 / 1000.0;
-    let (_, body) = http_get(api, &format!("/api/v1/latest?points={}/{}", gw.gateway, gw.point)).unwrap();
+    let (_, body) = http_get_auth(api, &token, &format!("/api/v1/latest?points={}/{}", gw.gateway, gw.point)).unwrap();
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     let last = *want.last().unwrap();
     assert_eq!(v["points"][0]["sample"]["ts_ms"].as_i64(), Some(last), "{body}");
     let (from, to) = (want[0], last + 1);
-    let (status, body) = http_get(
+    let (status, body) = http_get_auth(
         api,
+        &token,
         &format!("/api/v1/aggregate?point={}/{}&from={from}&to={to}&bucket_ms={}", gw.gateway, gw.point, to - from),
     )
     .unwrap();
@@ -160,7 +166,7 @@ async fn kill_9_many_times_loses_nothing_acknowledged_and_duplicates_nothing() {
     assert!((b["avg"].as_f64().unwrap() - mean).abs() < 1e-6, "{b}");
     assert_eq!(b["first"].as_f64(), Some(value(from)));
     assert_eq!(b["last"].as_f64(), Some(value(last)));
-    let (status, _) = http_get(api, "/api/v1/raw?point=no-slash&from=0&to=1").unwrap();
+    let (status, _) = http_get_auth(api, &token, "/api/v1/raw?point=no-slash&from=0&to=1").unwrap();
     assert_eq!(status, 400, "a bad point name is a 400, not a crash");
     let (_, metrics) = http_get(api, "/metrics").unwrap();
     assert!(metrics.contains("vigil_wal_replayed_records"), "{metrics}");
@@ -180,7 +186,7 @@ async fn kill_9_many_times_loses_nothing_acknowledged_and_duplicates_nothing() {
     // And everything is still there after a restart from chunks alone.
     let mut child = start(&config, &log);
     wait_api(api);
-    let (_, body) = http_get(api, &path).unwrap();
+    let (_, body) = http_get_auth(api, &token, &path).unwrap();
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["samples"].as_array().unwrap().len(), want.len());
     child.kill().unwrap();

@@ -1,5 +1,6 @@
 //! End-to-end tests across processes live in `tests/tests/`; this library holds what they share:
-//! locating (and if needed building) the workspace binaries, running them, and a minimal HTTP client.
+//! locating (and if needed building) the workspace binaries, running them, a minimal HTTP client, and
+//! the demo park (`park`) that `vigil-demo` runs and the end-to-end tests reuse.
 
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
@@ -9,12 +10,34 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
+/// The directory holding the workspace binaries of the running profile (test executables live in
+/// `target/<profile>/deps`, binaries such as `vigil-demo` in `target/<profile>`).
+fn bin_dir() -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let mut dir = exe.parent().context("no target directory")?.to_owned();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    Ok(dir)
+}
+
+/// Builds the binaries the park runs (`vigil-central`, `vigil-edge`, `vigil-sim`) in the running
+/// profile; quick when they are up to date, and a stale binary is never started.
+pub fn build_binaries() -> Result<()> {
+    let mut args = vec!["build", "--quiet", "-p", "vigil-central", "-p", "vigil-edge", "-p", "vigil-tools", "--bins"];
+    if bin_dir()?.ends_with("release") {
+        args.push("--release");
+    }
+    let status = Command::new(env!("CARGO")).args(&args).status().context("running cargo build")?;
+    if !status.success() {
+        bail!("cargo {} failed", args.join(" "));
+    }
+    Ok(())
+}
+
 /// The path of a workspace binary (`vigil-edge`, `vigil-central`, `vigil-sim`), built first if absent.
 pub fn binary(name: &str) -> Result<PathBuf> {
-    // Test executables live in target/<profile>/deps; the binaries one level up.
-    let exe = std::env::current_exe()?;
-    let dir = exe.parent().and_then(|d| d.parent()).context("no target directory")?.to_owned();
-    let path = dir.join(name);
+    let path = bin_dir()?.join(name);
     if !path.exists() {
         let package = match name {
             "vigil-sim" => "vigil-tools",
@@ -62,11 +85,34 @@ pub fn terminate(child: &mut Child) -> Result<()> {
     bail!("process {} ignored SIGTERM for 15 s", child.id())
 }
 
-/// A plain HTTP/1.1 GET on 127.0.0.1; returns (status, body).
+/// A plain HTTP/1.1 GET on 127.0.0.1 without credentials; returns (status, body).
 pub fn http_get(port: u16, path: &str) -> Result<(u16, String)> {
+    http_request(port, "GET", path, None, None)
+}
+
+/// A GET with `Authorization: Bearer token`; returns (status, body).
+pub fn http_get_auth(port: u16, token: &str, path: &str) -> Result<(u16, String)> {
+    http_request(port, "GET", path, Some(token), None)
+}
+
+/// An HTTP/1.1 request on 127.0.0.1 with an optional bearer token and JSON body; returns (status, body).
+pub fn http_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> Result<(u16, String)> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")?;
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let body = body.unwrap_or("");
+    let content = if body.is_empty() && method == "GET" {
+        String::new()
+    } else {
+        format!("Content-Type: application/json\r\nContent-Length: {}\r\n", body.len())
+    };
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n{auth}{content}\r\n{body}")?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)?;
     let text = String::from_utf8_lossy(&raw).into_owned();
@@ -75,6 +121,23 @@ pub fn http_get(port: u16, path: &str) -> Result<(u16, String)> {
     let body =
         if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_owned() };
     Ok((status, body))
+}
+
+/// Logs in to central's API (waiting up to 30 s for it to come up); returns the session token.
+pub fn login(port: u16, user: &str, password: &str) -> Result<String> {
+    let body = serde_json::json!({ "user": user, "password": password }).to_string();
+    let start = std::time::Instant::now();
+    loop {
+        match http_request(port, "POST", "/api/v1/auth/login", None, Some(&body)) {
+            Ok((200, answer)) => {
+                let v: serde_json::Value = serde_json::from_str(&answer)?;
+                return v["token"].as_str().map(str::to_owned).context("no token in the login answer");
+            }
+            Ok((status, answer)) => bail!("login of {user}: {status} {answer}"),
+            Err(_) if start.elapsed() < Duration::from_secs(30) => std::thread::sleep(Duration::from_millis(100)),
+            Err(e) => return Err(e.context("central's API did not come up within 30 s")),
+        }
+    }
 }
 
 fn dechunk(mut body: &str) -> String {
@@ -89,3 +152,5 @@ fn dechunk(mut body: &str) -> String {
     }
     out
 }
+
+pub mod park;

@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use vigil_tests::{http_get, run_to_end, spawn, terminate};
+use vigil_tests::{http_get_auth, login, run_to_end, spawn, terminate};
 use vigil_tools::broker::{Mosquitto, free_port};
 use vigil_tools::pki::Pki;
 
@@ -15,6 +15,7 @@ struct Park {
     dir: tempfile::TempDir,
     _broker: Mosquitto,
     api_port: u16,
+    password: String,
 }
 
 fn write(path: &Path, text: String) {
@@ -133,13 +134,18 @@ key_file = "{tlskey}"
         ],
     )
     .unwrap();
-    Park { dir, _broker: broker, api_port }
+    // A monitoring operator to query the API as (password generated and printed by the CLI).
+    let password = run_to_end(
+        "vigil-central",
+        &["user", "--config", conf.to_str().unwrap(), "add", "e2e", "--role", "operator", "--generate"],
+    )
+    .unwrap();
+    Park { dir, _broker: broker, api_port, password: password.trim().to_owned() }
 }
 
-fn heartbeats(api_port: u16) -> Vec<(i64, i64)> {
-    let (status, body) =
-        http_get(api_port, &format!("/api/v1/raw?point=gw-1/gateway.heartbeat&from=0&to={}&limit=100000", i64::MAX))
-            .unwrap_or((0, String::new()));
+fn heartbeats(api_port: u16, token: &str) -> Vec<(i64, i64)> {
+    let path = format!("/api/v1/raw?point=gw-1/gateway.heartbeat&from=0&to={}&limit=100000", i64::MAX);
+    let (status, body) = http_get_auth(api_port, token, &path).unwrap_or((0, String::new()));
     if status != 200 {
         return Vec::new();
     }
@@ -160,6 +166,8 @@ fn gateway_and_central_killed_repeatedly_lose_and_duplicate_nothing() {
     let (gw_args, central_args) =
         (["run", "--config", gw_conf.to_str().unwrap()], ["run", "--config", central_conf.to_str().unwrap()]);
     let mut central = spawn("vigil-central", &central_args, &d.join("central.log")).unwrap();
+    // The session is stored by central: the token stays valid across the kills below.
+    let token = login(park.api_port, "e2e", &park.password).unwrap();
     let mut edge = spawn("vigil-edge", &gw_args, &d.join("edge.log")).unwrap();
     let mut rng: u64 = 0x9E37_79B9_7F4A_7C15 ^ std::process::id() as u64;
     let mut next = || {
@@ -183,7 +191,7 @@ fn gateway_and_central_killed_repeatedly_lose_and_duplicate_nothing() {
     // Let the last runs settle: the gateway's backlog drains and central acknowledges it. The
     // heartbeat of the running gateway is past its HH limit by now: the alarm engine raised it.
     std::thread::sleep(Duration::from_secs(4));
-    let (status, body) = http_get(park.api_port, "/api/v1/alarms").unwrap();
+    let (status, body) = http_get_auth(park.api_port, &token, "/api/v1/alarms").unwrap();
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("gw-1/gateway.heartbeat") && body.contains("HiHi"), "HH alarm for the heartbeat: {body}");
     // Each SIGKILL of the gateway made the broker publish its signed will: central raised the
@@ -193,7 +201,7 @@ fn gateway_and_central_killed_repeatedly_lose_and_duplicate_nothing() {
     // gateway run: still one live alarm record for that point and condition, re-activated, never
     // doubled. (Backfill older than the point's newest data is recorded apart as replay records.)
     let alarms: serde_json::Value = serde_json::from_str(&body).unwrap();
-    let hh = alarms["alarms"]
+    let hh = alarms["items"]
         .as_array()
         .unwrap()
         .iter()
@@ -203,11 +211,11 @@ fn gateway_and_central_killed_repeatedly_lose_and_duplicate_nothing() {
     assert_eq!(hh, 1, "one live HH alarm for the heartbeat: {body}");
     terminate(&mut edge).unwrap();
     let start = Instant::now();
-    let mut samples = heartbeats(park.api_port);
+    let mut samples = heartbeats(park.api_port, &token);
     let mut last_len = 0;
     while start.elapsed() < Duration::from_secs(20) {
         std::thread::sleep(Duration::from_millis(500));
-        samples = heartbeats(park.api_port);
+        samples = heartbeats(park.api_port, &token);
         if !samples.is_empty() && samples.len() == last_len {
             break;
         }

@@ -3,6 +3,9 @@
 //! to the WAL with group commit and fsync, acknowledges, stores in the historian, and a consumer
 //! checks every sample against a threshold. Reports samples/s from first publish to last stored.
 //! Run with `cargo run --release -p vigil-tools --bin bench-ingest [-- --batches 400 --publishers 2]`.
+//! `--embedded`: through central's own embedded broker instead (mutual TLS on loopback, certificates
+//! from `vigil-central pki`; each publisher connects with its gateway certificate, ingest with
+//! central's), in the same process.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use vigil_central::broker::{Broker, pki};
 use vigil_central::config::Config;
 use vigil_central::ingest::{self, Core};
 use vigil_central::store::Registry;
@@ -25,17 +29,22 @@ async fn main() -> Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let batches_per_gw = arg("--batches", 400)?;
     let publishers = arg("--publishers", 2)?;
-    let port = arg("--port", 1883)? as u16;
+    let embedded = std::env::args().any(|a| a == "--embedded");
+    let mut port = arg("--port", 1883)? as u16;
     let dir = tempfile::tempdir()?;
     let run_id = std::process::id();
     let cfg_path = dir.path().join("central.toml");
+    let broker_section = if embedded {
+        pki::init(&dir.path().join("pki"), "vigil-central", &[])?;
+        "[broker]\nlisten = \"127.0.0.1:0\"\n".to_owned()
+    } else {
+        format!("[mqtt]\nhost = \"127.0.0.1\"\nport = {port}\nclient_id = \"bench-central-{run_id}\"\n")
+    };
     std::fs::write(
         &cfg_path,
-        format!(
-            "data_dir = \"data\"\nkey_file = \"k\"\n[mqtt]\nhost = \"127.0.0.1\"\nport = {port}\nclient_id = \"bench-central-{run_id}\"\n[ingest]\ncheckpoint_interval_s = 30\n"
-        ),
+        format!("data_dir = \"data\"\nkey_file = \"k\"\n{broker_section}[ingest]\ncheckpoint_interval_s = 30\n"),
     )?;
-    let cfg = Config::load(&cfg_path)?;
+    let mut cfg = Config::load(&cfg_path)?;
     let reg = Registry::open(&cfg.data_dir).await?;
     let ent = EnterpriseId::new("bench")?;
 
@@ -64,6 +73,19 @@ async fn main() -> Result<()> {
         mb as f64 / 1e6
     );
 
+    let broker = match &cfg.broker {
+        Some(b) => {
+            for (id, _) in &gateways {
+                pki::issue_gateway(&dir.path().join("pki"), id.as_str())?;
+            }
+            let broker = Broker::start(b, &cfg.data_dir, reg.clone(), Duration::from_secs(5)).await?;
+            port = broker.local_addr().port();
+            cfg.mqtt.port = port;
+            Some(broker)
+        }
+        None => None,
+    };
+    println!("broker: {}", if embedded { "embedded (mutual TLS, loopback)" } else { "external (plain MQTT)" });
     let core = Core::open(cfg.clone(), SigningKey::from_seed(&[99; 32])).await?;
     let metrics = core.metrics.clone();
     let mut telemetry = core.streams.telemetry.subscribe();
@@ -119,7 +141,21 @@ async fn main() -> Result<()> {
     let acks = Arc::new(AtomicU64::new(0));
     let go = Arc::new(tokio::sync::Notify::new());
     for (id, sealed) in gateways {
-        let mut o = MqttOptions::new(format!("{id}-pub"), "127.0.0.1", port);
+        let mut o = if embedded {
+            let mut o = MqttOptions::new(id.as_str(), "127.0.0.1", port);
+            let files = dir.path().join("pki/gateways").join(id.as_str());
+            let tls = vigil_central::config::TlsConfig {
+                ca_file: files.join("ca.pem"),
+                cert_file: files.join(format!("{id}.pem")),
+                key_file: files.join(format!("{id}.key")),
+            };
+            let via =
+                vigil_central::config::MqttConfig { client_id: id.to_string(), tls: Some(tls), ..cfg.mqtt.clone() };
+            o.set_transport(ingest::mqtt_options(&via)?.transport());
+            o
+        } else {
+            MqttOptions::new(format!("{id}-pub"), "127.0.0.1", port)
+        };
         o.set_max_packet_size(4 << 20, 4 << 20);
         o.set_inflight(window.min(u16::MAX as usize) as u16);
         let (c, mut el) = AsyncClient::new(o, 1000);
@@ -199,7 +235,20 @@ async fn main() -> Result<()> {
         over.load(Ordering::Relaxed),
         lagged.load(Ordering::Relaxed)
     );
+    if let Some(b) = &broker {
+        let m = b.metrics();
+        println!(
+            "embedded broker: {} messages in, {} out, {:.1} MB in, {:.1} MB out",
+            m.messages_in.load(Ordering::Relaxed),
+            m.messages_out.load(Ordering::Relaxed),
+            m.bytes_in.load(Ordering::Relaxed) as f64 / 1e6,
+            m.bytes_out.load(Ordering::Relaxed) as f64 / 1e6
+        );
+    }
     let _ = stop_tx.send(());
     task.await.context("ingest task")??;
+    if let Some(b) = broker {
+        b.stop().await;
+    }
     Ok(())
 }
