@@ -48,7 +48,13 @@ page.on('response', (r) => {
   if (r.status() >= 400 && !(r.status() === 401 && /\/auth\/(me|login)$/.test(new URL(r.url()).pathname))) pageErrors.push(`${r.status()} ${r.url()}`);
 });
 
-const shot = async (name) => { await page.screenshot({ path: path.join(SHOTS, `${name}.png`) }); console.log(`screenshot: ${name}.png`); };
+// Every screen is checked for values rendered raw (an object or a missing value shown as text).
+const shot = async (name) => {
+  const raw = await page.evaluate(() => ['[object Object]', 'undefined', 'NaN'].filter((w) => document.body.innerText.includes(w)));
+  check(raw.length === 0, `${name}: no raw values on screen (${raw.join(', ')})`);
+  await page.screenshot({ path: path.join(SHOTS, `${name}.png`) });
+  console.log(`screenshot: ${name}.png`);
+};
 const settle = (ms = 800) => page.waitForTimeout(ms);
 
 async function login({ user, password }) {

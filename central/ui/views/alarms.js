@@ -217,7 +217,9 @@ export function render(main, params) {
 function prettyDetail(text) {
   try {
     const v = JSON.parse(text);
-    if (v && typeof v === 'object') return Object.entries(v).filter(([, x]) => x !== '' && x !== null).map(([k, x]) => `${k}: ${typeof x === 'object' ? JSON.stringify(x) : x}`).join('; ');
+    // Times (`*_ms` keys holding epoch milliseconds) are shown as local times, not raw numbers.
+    const show = (k, x) => (typeof x === 'object' ? JSON.stringify(x) : /_ms$/.test(k) && typeof x === 'number' && x > 1e11 ? fmtTime(x) : x);
+    if (v && typeof v === 'object') return Object.entries(v).filter(([, x]) => x !== '' && x !== null).map(([k, x]) => `${k}: ${show(k, x)}`).join('; ');
   } catch { /* plain text */ }
   return text;
 }

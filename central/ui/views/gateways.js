@@ -8,12 +8,18 @@ import { gw } from './overview.js';
 
 const dash = (v) => (v === null || v === undefined || v === '' ? '—' : v);
 
-function dropped(g) {
-  const d = g.dropped ?? g.dropped_counts ?? g.drops;
-  if (d === null || d === undefined) return '—';
-  if (typeof d === 'number') return String(d);
-  const parts = Object.entries(d).filter(([, v]) => v).map(([k, v]) => `${k} ${v}`);
-  return parts.length ? parts.join(', ') : '0';
+// `dropped` is the gateway's cumulative drop counters per priority class, each
+// `{batches, samples, events}`: the cell shows the totals, the tooltip the split per class.
+function droppedCell(g) {
+  const d = g.dropped;
+  if (d === null || d === undefined || typeof d !== 'object') return h('td', { class: 'num' }, '—');
+  const classes = Object.entries(d).filter(([, c]) => c && typeof c === 'object');
+  const sum = (f) => classes.reduce((n, [, c]) => n + (Number(c[f]) || 0), 0);
+  const samples = sum('samples');
+  const events = sum('events');
+  const title = classes.map(([k, c]) => `${t(`gw.class.${k}`)}: ${t('gw.dropped_detail', { b: c.batches || 0, s: c.samples || 0, e: c.events || 0 })}`).join('\n');
+  const text = samples || events ? t('gw.dropped_totals', { s: fmtNum(samples, 0), e: fmtNum(events, 0) }) : '0';
+  return h('td', { class: `num${events ? ' warn-text' : ''}`, title }, text);
 }
 
 // `spool_batches` counts unacknowledged batches per priority class (alarm/event, live, backfill).
@@ -54,7 +60,7 @@ export function render(main) {
         h('td', { title: fmtTime(x.lastSeen) }, age === null ? t('never') : t('ago', { d: fmtDuration(age) })),
         spoolCell(g),
         h('td', { class: 'num' }, g.oldest_unacked_age_ms !== null && g.oldest_unacked_age_ms !== undefined ? fmtDuration(g.oldest_unacked_age_ms) : '—'),
-        h('td', { class: 'num' }, dropped(g)),
+        droppedCell(g),
         h('td', { class: `num${typeof offset === 'number' && Math.abs(offset) > 1000 ? ' warn-text' : ''}` }, typeof offset === 'number' ? `${fmtNum(offset, 0)} ms` : '—'),
         h('td', {}, dash(g.agent_version)), h('td', {}, dash(g.config_version)));
     }) : h('tr', {}, h('td', { colspan: 10, class: 'empty' }, t('gw.none'))));

@@ -18,6 +18,23 @@ const LIMIT_COLOURS = { hh: '#ff4d4f', h: '#ffa940', l: '#ffa940', ll: '#ff4d4f'
 let preset = '1h';
 
 /** Quality class of an OPC UA status code: good, uncertain or bad (severity bits 31..30). */
+// The time axis in the 24-hour, year-month-day style the monitoring room reads (uPlot's default is
+// US-style "2:20pm"); the date is added under the first tick and at midnight.
+function timeTicks(u, splits, axis, space, incr) {
+  const p2 = (n) => String(n).padStart(2, '0');
+  return splits.map((v, i) => {
+    const d = new Date(v * 1000);
+    const ym = `${d.getFullYear()}-${p2(d.getMonth() + 1)}`;
+    const md = `${p2(d.getMonth() + 1)}-${p2(d.getDate())}`;
+    if (incr >= 28 * 86400) return ym;
+    if (incr >= 86400) return md;
+    const hm = `${p2(d.getHours())}:${p2(d.getMinutes())}`;
+    const time = incr < 60 ? `${hm}:${p2(d.getSeconds())}` : hm;
+    const midnight = d.getHours() === 0 && d.getMinutes() === 0 && d.getSeconds() === 0;
+    return i === 0 || midnight ? `${time}\n${md}` : time;
+  });
+}
+
 export function qualityOf(code) {
   const sev = (code >>> 30) & 3;
   return sev === 0 ? 'good' : sev === 1 ? 'uncertain' : 'bad';
@@ -158,7 +175,7 @@ export async function render(main, key) {
       bands: [{ series: [1, 2], fill: 'rgba(64,169,255,0.15)' }],
       scales: { x: { time: true }, y: ys.length ? { range: (u, mn, mx) => pad(Math.min(mn, ...ys), Math.max(mx, ...ys)) } : {} },
       axes: [
-        { stroke: '#aab4c3', grid: { stroke: 'rgba(255,255,255,0.07)' }, ticks: { stroke: 'rgba(255,255,255,0.15)' } },
+        { stroke: '#aab4c3', grid: { stroke: 'rgba(255,255,255,0.07)' }, ticks: { stroke: 'rgba(255,255,255,0.15)' }, values: timeTicks },
         { stroke: '#aab4c3', grid: { stroke: 'rgba(255,255,255,0.07)' }, ticks: { stroke: 'rgba(255,255,255,0.15)' }, size: 70 },
       ],
       cursor: { drag: { x: true, y: false } },
