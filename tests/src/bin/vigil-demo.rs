@@ -1,8 +1,9 @@
 //! `vigil-demo`: the demo park on one machine. Generates the park from `configs/demo/park.toml`
 //! into a fresh run directory, starts central (embedded broker and storage), the simulated plants and
 //! their gateways, drives the scenario, and serves the UI until Ctrl-C. With `--check` it runs the
-//! scenario once headless and exits 0 only if every expected alarm was raised and every gateway's
-//! heartbeat arrived without a gap.
+//! scenario once headless and exits 0 only if every expected alarm was raised, every camera alarm
+//! carries a snapshot central serves, the maintenance window suppressed its device's alarm, and
+//! every gateway's heartbeat arrived without a gap.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -111,6 +112,11 @@ fn check_once(park: &Park) -> Result<Option<String>> {
     if !missing.is_empty() {
         let list: Vec<String> = missing.iter().map(|(s, c)| format!("{c} on {s}")).collect();
         return Ok(Some(format!("alarms {}", list.join(", "))));
+    }
+    let mut waiting = park.missing_evidence()?;
+    waiting.extend(park.missing_suppressed()?);
+    if !waiting.is_empty() {
+        return Ok(Some(waiting.join(", ")));
     }
     if !park.outages_over() {
         return Ok(Some("the scheduled uplink outages to end and back-fill".into()));
