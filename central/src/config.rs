@@ -253,6 +253,10 @@ pub struct ApiConfig {
     pub call_log_queue: usize,
     /// Mark the session cookie `Secure` (set when central is reached over HTTPS).
     pub secure_cookie: bool,
+    /// The park layout the overview draws (JSON, the shape of `central/ui/park-layout.json`);
+    /// read on every request, so an edited file shows on the next page load. Without it the
+    /// embedded example layout is served.
+    pub park_layout: Option<PathBuf>,
 }
 
 impl Default for ApiConfig {
@@ -263,6 +267,7 @@ impl Default for ApiConfig {
             request_timeout_s: 30,
             call_log_queue: 65_536,
             secure_cookie: false,
+            park_layout: None,
         }
     }
 }
@@ -323,6 +328,10 @@ impl Config {
         absolute(&mut raw.key_file);
         if let Some(p) = &mut raw.alarms {
             absolute(p);
+        }
+        if let Some(p) = &mut raw.api.park_layout {
+            absolute(p);
+            crate::ui::check_layout(p).map_err(|why| invalid("api.park_layout", &why))?;
         }
         if let Some(t) = raw.mqtt.as_mut().and_then(|m| m.tls.as_mut()) {
             for p in [&mut t.ca_file, &mut t.cert_file, &mut t.key_file] {
@@ -420,6 +429,13 @@ mod tests {
         assert!(e.contains("bogus"), "{e}");
         std::fs::write(&p, "data_dir = \"d\"\nkey_file = \"k\"\n[mqtt]\nhost = \"h\"\nport = 1\n").unwrap();
         assert_eq!(Config::load(&p).unwrap().data_dir, dir.path().join("d"));
+        // The park layout is checked when the file is loaded, relative to it.
+        let with_layout = "data_dir = \"d\"\nkey_file = \"k\"\n[api]\npark_layout = \"map.json\"\n";
+        std::fs::write(&p, with_layout).unwrap();
+        let e = Config::load(&p).unwrap_err().to_string();
+        assert!(e.contains("c.toml") && e.contains("api.park_layout") && e.contains("map.json"), "{e}");
+        std::fs::write(dir.path().join("map.json"), r#"{"objects":[]}"#).unwrap();
+        assert_eq!(Config::load(&p).unwrap().api.park_layout, Some(dir.path().join("map.json")));
     }
 
     #[test]

@@ -73,7 +73,12 @@ pub struct EvidenceStore {
     pub metrics: EvidenceMetrics,
 }
 
-/// Whether `s` is a SHA-256 in lower-case hex.
+/// The name an image is stored and served under: the lowercase hex SHA-256 of its bytes.
+pub fn digest(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Whether `s` is a stored image's name (64 lowercase hex digits).
 pub fn is_sha256(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
@@ -146,7 +151,7 @@ impl EvidenceStore {
     /// Stores `bytes` described by `meta` (its `sha256` is filled in); returns the hash and whether
     /// the image is new.
     pub fn keep(&self, bytes: &[u8], mut meta: Evidence) -> Result<(String, bool), EvidenceError> {
-        let sha = hex::encode(Sha256::digest(bytes));
+        let sha = digest(bytes);
         meta.sha256 = sha.clone();
         let mut index = self.index.lock().unwrap_or_else(PoisonError::into_inner);
         if index.contains_key(&sha) {

@@ -3,6 +3,7 @@
 //! `/api/v1/` is authenticated). Nothing is fetched from elsewhere at runtime: the page loads only
 //! these files, which the Content-Security-Policy enforces.
 
+use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use axum::Router;
@@ -50,12 +51,58 @@ const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-
 
 /// The UI's routes: `/` and `/ui/` answer `index.html`, `/ui/{path}` the embedded file; any other
 /// path under `/ui/` except a missing asset (`.js`, `.css`, ...) also answers `index.html`.
-pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
-    Router::new()
+/// `park_layout` (already checked by [`check_layout`]) replaces the embedded example layout.
+pub fn routes<S: Clone + Send + Sync + 'static>(park_layout: Option<PathBuf>) -> Router<S> {
+    let router = Router::new()
         .route("/", get(index))
         .route("/ui", get(index))
         .route("/ui/", get(index))
-        .route("/ui/{*path}", get(asset))
+        .route("/ui/{*path}", get(asset));
+    match park_layout {
+        Some(path) => router.route(LAYOUT_ROUTE, get(move |headers: HeaderMap| layout_file(path.clone(), headers))),
+        None => router,
+    }
+}
+
+const LAYOUT_ROUTE: &str = "/ui/park-layout.json";
+
+/// Why the park layout file at `path` cannot be drawn, if it cannot: unreadable, not JSON, or
+/// without an `objects` array of objects each with an `id` and a `kind`.
+pub fn check_layout(path: &std::path::Path) -> Result<(), String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    layout_problem(&bytes).map_or(Ok(()), |why| Err(format!("{}: {why}", path.display())))
+}
+
+fn layout_problem(bytes: &[u8]) -> Option<String> {
+    let v: serde_json::Value = match serde_json::from_slice(bytes) {
+        Ok(v) => v,
+        Err(e) => return Some(format!("not JSON: {e}")),
+    };
+    let Some(objects) = v.get("objects").and_then(|o| o.as_array()) else {
+        return Some("no \"objects\" array".into());
+    };
+    objects.iter().enumerate().find_map(|(i, o)| {
+        let named = o.get("id").and_then(|x| x.as_str()).is_some() && o.get("kind").and_then(|x| x.as_str()).is_some();
+        (!named).then(|| format!("objects[{i}] needs a string \"id\" and \"kind\""))
+    })
+}
+
+/// The configured layout, read now: a park edits it without restarting central. A file broken
+/// since start-up is answered with a 500 naming the problem (and logged), never a half layout.
+async fn layout_file(path: PathBuf, headers: HeaderMap) -> Response {
+    let bytes = match tokio::fs::read(&path).await {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::error!(path = %path.display(), error = %e, "park layout unreadable");
+            return (StatusCode::INTERNAL_SERVER_ERROR, "park layout unreadable").into_response();
+        }
+    };
+    if let Some(why) = layout_problem(&bytes) {
+        tracing::error!(path = %path.display(), why, "park layout invalid");
+        return (StatusCode::INTERNAL_SERVER_ERROR, format!("park layout invalid: {why}")).into_response();
+    }
+    let etag = format!("\"{}\"", hex::encode(&Sha256::digest(&bytes)[..12]));
+    respond("park-layout.json", bytes, &etag, &headers)
 }
 
 async fn index(headers: HeaderMap) -> Response {
@@ -107,12 +154,16 @@ fn serve(path: &str, headers: &HeaderMap) -> Response {
     let Some(i) = find(path) else {
         return StatusCode::NOT_FOUND.into_response();
     };
-    let etag = &etags()[i];
+    respond(path, ASSETS[i].1, &etags()[i], headers)
+}
+
+/// `body` as file `path` with validator `etag` (304 when the browser has it) and the page's policy.
+fn respond(path: &str, body: impl IntoResponse, etag: &str, headers: &HeaderMap) -> Response {
     let fresh = headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
-    let mut resp = if fresh { StatusCode::NOT_MODIFIED.into_response() } else { ASSETS[i].1.into_response() };
+    let mut resp = if fresh { StatusCode::NOT_MODIFIED.into_response() } else { body.into_response() };
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type(path)));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
@@ -136,10 +187,52 @@ mod tests {
 
     /// Serves the UI routes on a real socket; returns its port.
     async fn serve_ui() -> u16 {
+        serve_with(None).await
+    }
+
+    async fn serve_with(layout: Option<PathBuf>) -> u16 {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        tokio::spawn(async move { axum::serve(listener, routes::<()>()).await });
+        tokio::spawn(async move { axum::serve(listener, routes::<()>(layout)).await });
         port
+    }
+
+    #[tokio::test]
+    async fn a_configured_layout_replaces_the_example_and_edits_show_without_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("layout.json");
+        let first = r#"{"objects":[{"id":"tank-farm-1","kind":"tank_farm"}]}"#;
+        std::fs::write(&file, first).unwrap();
+        check_layout(&file).unwrap();
+        let port = serve_with(Some(file.clone())).await;
+        let (status, head, body) = get(port, "/ui/park-layout.json", "").await;
+        assert_eq!((status, body.as_slice()), (200, first.as_bytes()));
+        assert!(head.contains("application/json") && head.contains("content-security-policy"), "{head}");
+        let second = r#"{"objects":[{"id":"warehouse-2","kind":"warehouse"}]}"#;
+        std::fs::write(&file, second).unwrap();
+        assert_eq!(get(port, "/ui/park-layout.json", "").await.2, second.as_bytes());
+        // Broken after start-up: a 500 naming the problem, never a half layout.
+        std::fs::write(&file, r#"{"objects":[{"kind":"camera"}]}"#).unwrap();
+        let (status, _, body) = get(port, "/ui/park-layout.json", "").await;
+        assert_eq!(status, 500);
+        assert!(String::from_utf8_lossy(&body).contains("objects[0]"));
+        // Other files are still the embedded ones.
+        assert_eq!(get(port, "/ui/app.js", "").await.0, 200);
+    }
+
+    #[test]
+    fn layout_problems_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("l.json");
+        assert!(check_layout(&file).unwrap_err().contains("cannot read"));
+        for (text, why) in [("{", "not JSON"), ("{}", "no \"objects\""), (r#"{"objects":[{"id":"a"}]}"#, "objects[0]")]
+        {
+            std::fs::write(&file, text).unwrap();
+            let err = check_layout(&file).unwrap_err();
+            assert!(err.contains(why) && err.contains("l.json"), "{text}: {err}");
+        }
+        let embedded = ASSETS[find("park-layout.json").unwrap()].1;
+        assert_eq!(layout_problem(embedded), None, "the shipped example is valid");
     }
 
     /// One GET over a plain socket: (status, lower-cased head, body).

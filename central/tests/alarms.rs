@@ -339,7 +339,7 @@ async fn gas_leak_closed_loop_needs_a_report_when_orange() {
     assert_eq!(closed.stage, Stage::Closed);
     assert!(e.open_alarms().iter().all(|a| a.id != id));
     let tl: Vec<String> = e.timeline(id).await.unwrap().into_iter().map(|t| t.what).collect();
-    assert!(tl.starts_with(&["raised".into(), "cleared".into(), "reactivated".into()]));
+    assert!(tl.starts_with(&["raised".into(), "detection".into(), "cleared".into(), "reactivated".into()]), "{tl:?}");
     assert!(tl.ends_with(&["feedback".into(), "review".into(), "attach_report".into(), "close".into()]), "{tl:?}");
     assert_eq!(e.verify_audit().await.unwrap(), 7);
 
@@ -623,6 +623,38 @@ async fn extreme_times_from_callers_do_not_panic() {
     e.tick(i64::MAX).await.unwrap();
     e.kpis(i64::MIN, i64::MAX).await.unwrap();
     e.kpis(i64::MAX, i64::MIN).await.unwrap();
+}
+
+#[tokio::test]
+async fn each_detection_puts_its_gas_location_and_snapshot_name_on_the_alarm_timeline() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut e, _rx) = open(&dir.path().join("a.db")).await;
+    let image = b"\xFF\xD8\xFF\xE0 not really a jpeg".to_vec();
+    let mut first = gas(T0, DetectionPhase::Start, 30.0);
+    if let EventKind::GasDetection(d) = &mut first.kind {
+        d.confidence = Some(0.9);
+        d.location =
+            LeakLocation { preset: Some(3), pan: Some(12.5), tilt: Some(-4.0), region: Some([10, 20, 64, 48]) };
+        d.snapshot = Some(vigil_common::event::Snapshot { content_type: "image/jpeg".into(), bytes: image.clone() });
+    }
+    e.on_event(&gw(), &first, T0).await.unwrap();
+    // Still leaking, seen again without an image; then it stops (no detection entry for a stop).
+    e.on_event(&gw(), &gas(T0 + 2000, DetectionPhase::Start, 45.0), T0 + 2000).await.unwrap();
+    e.on_event(&gw(), &gas(T0 + 5000, DetectionPhase::Stop, 0.0), T0 + 5000).await.unwrap();
+    let a = e.current(&key("gw-01/cam/cam1", Condition::GasLeak)).unwrap().clone();
+    let tl = e.timeline(a.id).await.unwrap();
+    let what: Vec<&str> = tl.iter().map(|t| t.what.as_str()).collect();
+    assert_eq!(what, ["raised", "detection", "detection", "cleared"]);
+    let d: serde_json::Value = serde_json::from_str(&tl[1].detail).unwrap();
+    assert_eq!(d["evidence"], vigil_central::evidence::digest(&image), "the name the evidence store serves it under");
+    assert_eq!(d["evidence_type"], "image/jpeg");
+    assert_eq!((d["gas"].as_str(), d["concentration"].as_f64()), (Some("CH4"), Some(30.0)));
+    assert_eq!(d["location"]["preset"], 3);
+    assert_eq!(d["location"]["region"], serde_json::json!([10, 20, 64, 48]));
+    assert_eq!(tl[1].ts_ms, T0, "the camera's time");
+    let d: serde_json::Value = serde_json::from_str(&tl[2].detail).unwrap();
+    assert!(d["evidence"].is_null(), "no image, no name");
+    assert_eq!(d["concentration"].as_f64(), Some(45.0));
 }
 
 #[tokio::test]

@@ -23,13 +23,17 @@ export function sourceOf(a) {
 /** The ISA-18.2 state of an alarm. */
 export const stateOf = (a) => (a.active ? (a.acked ? 'ActiveAcked' : 'ActiveUnacked') : (a.acked ? 'Normal' : 'ReturnedUnacked'));
 
-/** Highest grade first, then the newest activation first. */
+const shelvedUntil = (a) => a.shelved_until_ms || (a.shelve && a.shelve.until_ms) || null;
+
+/** Suppressed by a maintenance window or shelved: recorded, but not ringing (ISA-18.2). */
+export const isQuiet = (a) => !!a.suppressed_by || !!shelvedUntil(a);
+
+/** Ringing alarms before quiet ones, then the highest grade, then the newest activation. */
 export function sortAlarms(list) {
-  return list.sort((x, y) => GRADES.indexOf(x.grade) - GRADES.indexOf(y.grade)
+  return list.sort((x, y) => Number(isQuiet(x)) - Number(isQuiet(y))
+    || GRADES.indexOf(x.grade) - GRADES.indexOf(y.grade)
     || y.last_active_ms - x.last_active_ms || y.id - x.id);
 }
-
-const shelvedUntil = (a) => a.shelved_until_ms || (a.shelve && a.shelve.until_ms) || null;
 
 const SHELVE_FOR = [[15, '15m'], [60, '1h'], [240, '4h'], [480, '8h'], [1440, '24h']];
 const VERIFY_HOW = ['video', 'trend', 'site', 'phone'];
@@ -106,12 +110,13 @@ export function render(main, params) {
     const src = sourceOf(a);
     const st = stateOf(a);
     return h('tr', {
-      class: `grade-${a.grade} st-${st}${a.id === selected ? ' selected' : ''}`,
+      class: `grade-${a.grade} st-${st}${isQuiet(a) ? ' row-quiet' : ''}${a.id === selected ? ' selected' : ''}`,
       dataset: { id: a.id, source: src.id, condition: a.key.condition },
       onclick: () => { selected = a.id; draw(); drawDetail(true); },
     },
     h('td', { class: 'c-grade' }, gradeBadge(a.grade)),
-    h('td', { class: 'c-state state' }, h('span', { class: `state-badge st-${st}` }, t(`state.${st}`)), shelvedUntil(a) ? h('span', { class: 'tag' }, t('shelved')) : null),
+    h('td', { class: 'c-state state' }, h('span', { class: `state-badge st-${st}` }, t(`state.${st}`)), shelvedUntil(a) ? h('span', { class: 'tag' }, t('shelved')) : null,
+      a.suppressed_by ? h('span', { class: 'tag', title: `#${a.suppressed_by}` }, t('suppressed')) : null),
     h('td', { class: 'c-time' }, fmtTime(a.last_active_ms)),
     h('td', { class: 'c-source' }, src.kind === 'point' ? h('a', { href: `#/point/${src.id}`, onclick: (e) => e.stopPropagation() }, src.label) : src.label),
     h('td', { class: 'c-condition' }, t(`cond.${a.key.condition}`)),
@@ -184,7 +189,8 @@ export function render(main, params) {
         if (timelineFor !== a.id) return;
         fill(timeline, (r.items || []).slice().reverse().map((e) => h('li', { class: e.historical ? 'historical' : '' },
           h('time', {}, fmtTime(e.ts_ms)), h('b', {}, t(`tl.${e.what}`, {}, e.what)), h('span', { class: 'actor' }, e.actor),
-          e.detail && e.detail !== '{}' ? h('span', { class: 'tl-detail' }, prettyDetail(e.detail)) : null)));
+          e.what === 'detection' ? detectionDetail(e.detail)
+            : e.detail && e.detail !== '{}' ? h('span', { class: 'tl-detail' }, prettyDetail(e.detail)) : null)));
       } catch (e) { fill(timeline, h('li', { class: 'error' }, e.message)); }
     }
   }
@@ -214,12 +220,38 @@ export function render(main, params) {
   return () => { unsubscribe(); clearInterval(timer); };
 }
 
+// A camera's detection on the timeline: what it saw and where, and its snapshot (served by the
+// evidence store under its SHA-256; the session cookie authorises the image request).
+function detectionDetail(text) {
+  let d;
+  try { d = JSON.parse(text); } catch { return h('span', { class: 'tl-detail' }, text); }
+  const loc = d.location || {};
+  const where = [
+    loc.preset !== null && loc.preset !== undefined ? t('det.preset', { n: loc.preset }) : null,
+    typeof loc.pan === 'number' ? t('det.pan', { v: fmtNum(loc.pan, 1) }) : null,
+    typeof loc.tilt === 'number' ? t('det.tilt', { v: fmtNum(loc.tilt, 1) }) : null,
+  ].filter(Boolean).join(' ');
+  const unit = d.unit === 'LelM' ? 'LEL·m' : d.unit === 'PpmM' ? 'ppm·m' : '';
+  const text2 = [
+    `${t('det.camera')} ${d.camera}`, `${d.gas} ${fmtNum(d.concentration)} ${unit}`,
+    typeof d.confidence === 'number' ? t('det.confidence', { v: fmtNum(d.confidence * 100, 0) }) : null,
+    where || null,
+  ].filter(Boolean).join(' · ');
+  const src = d.evidence ? `/api/v1/evidence/${d.evidence}` : null;
+  return h('span', { class: 'tl-detail' }, text2,
+    src ? h('a', { class: 'evidence', href: src, target: '_blank', rel: 'noopener', title: t('det.open_image') },
+      h('img', { src, alt: t('det.snapshot'), loading: 'lazy' })) : h('span', { class: 'muted' }, ` · ${t('det.no_image')}`));
+}
+
 function prettyDetail(text) {
   try {
     const v = JSON.parse(text);
     // Times (`*_ms` keys holding epoch milliseconds) are shown as local times, not raw numbers.
     const show = (k, x) => (typeof x === 'object' ? JSON.stringify(x) : /_ms$/.test(k) && typeof x === 'number' && x > 1e11 ? fmtTime(x) : x);
-    if (v && typeof v === 'object') return Object.entries(v).filter(([, x]) => x !== '' && x !== null).map(([k, x]) => `${k}: ${show(k, x)}`).join('; ');
+    // Known keys in the operator's language, others as they are; booleans as yes/no.
+    const label = (k) => t(`dk.${k}`, {}, k);
+    const val = (k, x) => (typeof x === 'boolean' ? t(x ? 'yes' : 'no') : show(k, x));
+    if (v && typeof v === 'object') return Object.entries(v).filter(([, x]) => x !== '' && x !== null).map(([k, x]) => `${label(k)}: ${val(k, x)}`).join('; ');
   } catch { /* plain text */ }
   return text;
 }
