@@ -59,6 +59,9 @@ pub struct Config {
     /// Alarm definitions file (see `configs/examples/alarms.toml`); without it the alarm engine
     /// still raises gateway and device offline, source-fault and data-loss alarms.
     pub alarms: Option<PathBuf>,
+    /// Gateways file (`[[gateway]] id, enterprise, keys, revoked`) applied to the registry at start
+    /// and by `vigil-central gateway sync`, beside the CLI (see `configs/examples/gateways.toml`).
+    pub gateways: Option<PathBuf>,
 }
 
 /// The file as written: `[mqtt]` and `[broker]` are both optional (at most one may be given).
@@ -78,6 +81,7 @@ struct RawConfig {
     #[serde(default)]
     auth: crate::identity::AuthConfig,
     alarms: Option<PathBuf>,
+    gateways: Option<PathBuf>,
 }
 
 /// The embedded MQTT broker (`[broker]`; used when `[mqtt]` is absent). Files are PEM, relative to
@@ -329,6 +333,10 @@ impl Config {
         if let Some(p) = &mut raw.alarms {
             absolute(p);
         }
+        if let Some(p) = &mut raw.gateways {
+            absolute(p);
+            crate::store::GatewaysFile::load(p).map_err(|e| invalid("gateways", &e.to_string()))?;
+        }
         if let Some(p) = &mut raw.api.park_layout {
             absolute(p);
             crate::ui::check_layout(p).map_err(|why| invalid("api.park_layout", &why))?;
@@ -368,6 +376,7 @@ impl Config {
             api: raw.api,
             auth: raw.auth,
             alarms: raw.alarms,
+            gateways: raw.gateways,
         };
         if c.ingest.group_max == 0 || c.ingest.group_max > 100_000 {
             return Err(invalid("ingest.group_max", "must be 1..=100000"));

@@ -1,5 +1,5 @@
 //! `vigil-central`: the park aggregator binary: `run` (ingest, WAL, historian, query API),
-//! `gateway add|revoke|list` (the registry), `user add|list|disable|enable` (API users), `keygen` and
+//! `gateway add|revoke|list|sync` (the registry), `user add|list|disable|enable` (API users), `keygen` and
 //! `pubkey` (central's signing identity), `pki init|issue-gateway` (certificates for the embedded
 //! broker), `audit verify` (the alarm audit chain).
 
@@ -130,6 +130,8 @@ enum GatewayCmd {
     },
     /// List gateways, keys, last seen and reported drops (JSON lines).
     List,
+    /// Apply the configuration's gateways file now (central also applies it when it starts).
+    Sync,
 }
 
 #[derive(Subcommand)]
@@ -237,6 +239,12 @@ async fn bootstrap_admin(id: &vigil_central::identity::Identity, data_dir: &Path
     Ok(())
 }
 
+/// Applies the gateways file at `path` to the registry.
+async fn sync_gateways(reg: &Registry, path: &Path) -> Result<vigil_central::store::SyncReport> {
+    let file = vigil_central::store::GatewaysFile::load(path)?;
+    reg.sync(&file, now_ms()).await.with_context(|| format!("applying {}", path.display()))
+}
+
 async fn registry(config: &Path) -> Result<Registry> {
     let cfg = Config::load(config)?;
     Registry::open(&cfg.data_dir).await.with_context(|| format!("opening the registry in {}", cfg.data_dir.display()))
@@ -328,6 +336,11 @@ async fn audit_verify(config: &Path) -> Result<bool> {
 
 async fn run(config: &Path) -> Result<()> {
     let mut cfg = Config::load(config)?;
+    if let Some(path) = &cfg.gateways {
+        let reg = Registry::open(&cfg.data_dir).await.context("opening the registry")?;
+        let r = sync_gateways(&reg, path).await?;
+        tracing::info!(file = %path.display(), added = r.keys_added, revoked = r.keys_revoked, "gateways file applied");
+    }
     // The embedded broker first: ingest connects to it over loopback TLS like to any broker.
     let broker = match &cfg.broker {
         Some(b) => {
@@ -456,6 +469,14 @@ fn main() -> Result<()> {
                     let id = GatewayId::new(id)?;
                     let n = reg.revoke(&id, key_id.as_deref(), now_ms()).await?;
                     eprintln!("revoked {n} key(s) of gateway {id}; a running central refuses them within its registry reload period");
+                }
+                GatewayCmd::Sync => {
+                    let cfg = Config::load(&config)?;
+                    let Some(path) = &cfg.gateways else {
+                        anyhow::bail!("{} names no gateways file (`gateways = \"gateways.toml\"`)", config.display());
+                    };
+                    let r = sync_gateways(&reg, path).await?;
+                    eprintln!("{}: {} key(s) added, {} revoked", path.display(), r.keys_added, r.keys_revoked);
                 }
                 GatewayCmd::List => {
                     for g in reg.list().await? {

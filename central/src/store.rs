@@ -283,6 +283,131 @@ impl Registry {
     }
 }
 
+/// The gateways a park keeps in a file (`gateways = "gateways.toml"` in central's configuration),
+/// applied to the registry when central starts and by `vigil-central gateway sync`: missing gateways
+/// and keys are added, keys listed under `revoked` are revoked. The file only adds and revokes;
+/// it never deletes what the CLI registered.
+#[derive(Debug, Clone)]
+pub struct GatewaysFile {
+    /// The gateways, as the file lists them.
+    pub gateways: Vec<FileGateway>,
+}
+
+/// One gateway of a [`GatewaysFile`].
+#[derive(Debug, Clone)]
+pub struct FileGateway {
+    /// Gateway id.
+    pub id: GatewayId,
+    /// Its enterprise.
+    pub enterprise: EnterpriseId,
+    /// Keys it signs with.
+    pub keys: Vec<PublicKey>,
+    /// Keys (`ed25519:<hex>` or key ids) that must no longer be accepted.
+    pub revoked: Vec<String>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGatewaysFile {
+    #[serde(default)]
+    gateway: Vec<RawFileGateway>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFileGateway {
+    id: String,
+    enterprise: String,
+    #[serde(default)]
+    keys: Vec<String>,
+    #[serde(default)]
+    revoked: Vec<String>,
+}
+
+/// What applying a [`GatewaysFile`] changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct SyncReport {
+    /// Keys registered (a new gateway counts its keys).
+    pub keys_added: usize,
+    /// Keys revoked.
+    pub keys_revoked: usize,
+}
+
+impl GatewaysFile {
+    /// Reads and checks the whole file; an error names the file and the entry (`gateway[2].keys[0]`).
+    pub fn load(path: &Path) -> Result<GatewaysFile, StoreError> {
+        let at = |what: String| StoreError::Invalid(format!("{}: {what}", path.display()));
+        let text = std::fs::read_to_string(path).map_err(|e| at(format!("cannot read: {e}")))?;
+        let raw: RawGatewaysFile = toml::from_str(&text).map_err(|e| at(e.to_string()))?;
+        let mut seen = std::collections::HashSet::new();
+        let mut gateways = Vec::new();
+        for (i, g) in raw.gateway.into_iter().enumerate() {
+            let id = GatewayId::new(g.id).map_err(|e| at(format!("gateway[{i}].id: {e}")))?;
+            if !seen.insert(id.clone()) {
+                return Err(at(format!("gateway[{i}].id: {id} is listed twice")));
+            }
+            let enterprise =
+                EnterpriseId::new(g.enterprise).map_err(|e| at(format!("gateway[{i}].enterprise: {e}")))?;
+            let keys = g
+                .keys
+                .iter()
+                .enumerate()
+                .map(|(j, k)| PublicKey::from_text(k).map_err(|e| at(format!("gateway[{i}].keys[{j}]: {e}"))))
+                .collect::<Result<Vec<_>, _>>()?;
+            let revoked = g
+                .revoked
+                .iter()
+                .enumerate()
+                .map(|(j, r)| match PublicKey::from_text(r) {
+                    Ok(k) => Ok(k.key_id().to_string()),
+                    Err(_) if r.len() >= 8 && r.bytes().all(|b| b.is_ascii_hexdigit()) => Ok(r.to_ascii_lowercase()),
+                    Err(e) => Err(at(format!("gateway[{i}].revoked[{j}]: neither a key nor a key id: {e}"))),
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            if let Some(k) = keys.iter().find(|k| revoked.contains(&k.key_id().to_string())) {
+                return Err(at(format!("gateway[{i}]: key {} is listed under keys and revoked", k.key_id())));
+            }
+            gateways.push(FileGateway { id, enterprise, keys, revoked });
+        }
+        Ok(GatewaysFile { gateways })
+    }
+}
+
+impl Registry {
+    /// Brings the registry in line with `file` (idempotent: a second run changes nothing).
+    pub async fn sync(&self, file: &GatewaysFile, now_ms: i64) -> Result<SyncReport, StoreError> {
+        let mut report = SyncReport::default();
+        for g in &file.gateways {
+            for key in &g.keys {
+                let owner: Option<String> = sqlx::query_scalar("SELECT gateway FROM gateway_keys WHERE key_id = ?")
+                    .bind(key.key_id().to_string())
+                    .fetch_optional(&self.pool)
+                    .await?;
+                match owner {
+                    Some(o) if o == g.id.as_str() => {}
+                    // `add` refuses a key of another gateway and a gateway of another enterprise.
+                    _ => {
+                        self.add(&g.id, &g.enterprise, key, now_ms).await?;
+                        report.keys_added += 1;
+                    }
+                }
+            }
+            for key_id in &g.revoked {
+                let r = sqlx::query(
+                    "UPDATE gateway_keys SET revoked_ms = ? WHERE gateway = ? AND key_id = ? AND revoked_ms IS NULL",
+                )
+                .bind(now_ms)
+                .bind(g.id.as_str())
+                .bind(key_id)
+                .execute(&self.pool)
+                .await?;
+                report.keys_revoked += r.rows_affected() as usize;
+            }
+        }
+        Ok(report)
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -319,5 +444,51 @@ mod tests {
         assert_eq!(list.len(), 1);
         assert_eq!(list[0].last_seen_ms, Some(500));
         assert_eq!(list[0].keys.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_gateways_file_adds_and_revokes_idempotently_and_names_bad_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = Registry::open(dir.path()).await.unwrap();
+        let (k1, k2) = (SigningKey::from_seed(&[1; 32]).public_key(), SigningKey::from_seed(&[2; 32]).public_key());
+        let file = dir.path().join("gateways.toml");
+        let write = |text: String| std::fs::write(&file, text).unwrap();
+        write(format!(
+            "[[gateway]]\nid = \"gw1\"\nenterprise = \"acme\"\nkeys = [\"{}\", \"{}\"]\n\n[[gateway]]\nid = \"gw2\"\nenterprise = \"acme\"\n",
+            k1.to_text(),
+            k2.to_text()
+        ));
+        let f = GatewaysFile::load(&file).unwrap();
+        assert_eq!(reg.sync(&f, 100).await.unwrap(), SyncReport { keys_added: 2, keys_revoked: 0 });
+        assert_eq!(reg.sync(&f, 200).await.unwrap(), SyncReport::default(), "a second run changes nothing");
+        let gw1 = GatewayId::new("gw1").unwrap();
+        assert!(reg.load_keys().await.unwrap()[&gw1].usable(k1.key_id(), 150).is_some());
+        // k1 revoked by key id, k2 by key: neither is accepted afterwards; revoking again is a no-op.
+        write(format!(
+            "[[gateway]]\nid = \"gw1\"\nenterprise = \"acme\"\nrevoked = [\"{}\", \"{}\"]\n",
+            k1.key_id(),
+            k2.to_text()
+        ));
+        let f = GatewaysFile::load(&file).unwrap();
+        assert_eq!(reg.sync(&f, 300).await.unwrap(), SyncReport { keys_added: 0, keys_revoked: 2 });
+        assert_eq!(reg.sync(&f, 400).await.unwrap(), SyncReport::default());
+        let keys = &reg.load_keys().await.unwrap()[&gw1];
+        assert!(keys.usable(k1.key_id(), 301).is_none() && keys.usable(k2.key_id(), 301).is_none());
+        // The same key for another gateway is refused by the registry, not silently moved.
+        write(format!("[[gateway]]\nid = \"gw3\"\nenterprise = \"acme\"\nkeys = [\"{}\"]\n", k1.to_text()));
+        assert!(reg.sync(&GatewaysFile::load(&file).unwrap(), 500).await.is_err());
+        for (text, names) in [
+            ("[[gateway]]\nid = \"gw1\"\nenterprise = \"acme\"\nkeys = [\"ed25519:zz\"]\n", "gateway[0].keys[0]"),
+            ("[[gateway]]\nid = \"a/b\"\nenterprise = \"acme\"\n", "gateway[0].id"),
+            (
+                "[[gateway]]\nid = \"g\"\nenterprise = \"e\"\n[[gateway]]\nid = \"g\"\nenterprise = \"e\"\n",
+                "gateway[1].id",
+            ),
+            ("[[gateway]]\nid = \"g\"\nenterprise = \"e\"\nbogus = 1\n", "bogus"),
+        ] {
+            write(text.to_owned());
+            let e = GatewaysFile::load(&file).unwrap_err().to_string();
+            assert!(e.contains("gateways.toml") && e.contains(names), "{text}: {e}");
+        }
     }
 }
