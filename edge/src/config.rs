@@ -153,6 +153,10 @@ pub struct BusConfig {
     /// Silent time between frames in ms; default and minimum 3.5 character times (1.75 ms above
     /// 19200 baud, as the Modbus serial-line specification says).
     pub frame_gap_ms: Option<f64>,
+    /// The transceiver's driver-enable line, for adapters that do not switch RS485 direction
+    /// themselves: `direction = { name = "rs485-de", chip = "/dev/gpiochip0", line = 17 }`.
+    #[serde(default)]
+    pub direction: Option<vigil_hw::LineConfig>,
 }
 
 fn default_baud() -> u32 {

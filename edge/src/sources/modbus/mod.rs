@@ -8,6 +8,7 @@
 //! to the next request.
 
 pub mod codec;
+pub mod direction;
 pub mod plan;
 pub mod scan;
 
@@ -148,7 +149,17 @@ impl Link {
                         tokio_serial::StopBits::One
                     });
                 let port = builder.open_native_async().map_err(|e| Failure::Comm(format!("opening {path}: {e}")))?;
-                tokio_modbus::client::rtu::attach(port)
+                match &bus.direction {
+                    None => tokio_modbus::client::rtu::attach(port),
+                    Some(line) => {
+                        let io = vigil_hw::CdevIo::open(&[], std::slice::from_ref(line))
+                            .map_err(|e| Failure::Comm(format!("{path}: RS485 direction line {}: {e}", line.name)))?;
+                        let timing = direction::timing(bus.baud, bus.bits_per_char());
+                        let port = direction::DirectedPort::new(port, Box::new(io), line.name.clone(), timing)
+                            .map_err(|e| Failure::Comm(format!("{path}: {e}")))?;
+                        tokio_modbus::client::rtu::attach(port)
+                    }
+                }
             }
         };
         debug!(link = %self.describe(), "connected");
