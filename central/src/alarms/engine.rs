@@ -140,6 +140,8 @@ pub struct AlarmEngine<S: AlarmStore = SqliteStore> {
     audit_head: (i64, String),
     tx: broadcast::Sender<AlarmChange>,
     scratch: Vec<Transition>,
+    /// The open alarms as the API lists them, kept current here (see `live::OpenView`).
+    view: std::sync::Arc<super::live::OpenView>,
 }
 
 impl AlarmEngine<SqliteStore> {
@@ -182,6 +184,7 @@ impl<S: AlarmStore> AlarmEngine<S> {
             audit_head: snap.audit_head,
             tx,
             scratch: Vec::new(),
+            view: super::live::OpenView::new(),
         };
         for d in config.point {
             e.add_point(d);
@@ -196,6 +199,7 @@ impl<S: AlarmStore> AlarmEngine<S> {
         for a in snap.open_alarms {
             e.seed(a);
         }
+        e.view.reset(e.alarms.values(), e.shelves.iter().map(|(k, s)| (k.clone(), s.until_ms)), e.next_ids.0);
         tracing::info!(points = e.defs.len(), open_alarms = n, audit_records = e.audit_head.0, "alarm engine opened");
         Ok(e)
     }
@@ -921,6 +925,7 @@ impl<S: AlarmStore> AlarmEngine<S> {
             }
         }
         if let Some(a) = plan.alarm {
+            self.view.put(&a);
             if a.is_closed() {
                 self.alarms.remove(&a.id);
             } else {
@@ -1137,6 +1142,7 @@ impl<S: AlarmStore> AlarmEngine<S> {
         plan.ops.push(StoreOp::Audit(self.audit(now_ms, actor, "shelve", &format!("alarm:{id}"), &detail)));
         plan.changes.push(change(ChangeKind::Action("shelve".into()), &a, now_ms, false));
         self.commit(plan).await?;
+        self.view.set_shelved(&a.key, Some(s.until_ms));
         self.shelves.insert(a.key, s);
         Ok(())
     }
@@ -1158,6 +1164,7 @@ impl<S: AlarmStore> AlarmEngine<S> {
         let cur = self.current.get(key).and_then(|id| self.alarms.get(id)).cloned();
         self.commit(plan).await?;
         self.shelves.remove(key);
+        self.view.set_shelved(key, None);
         if let Some(a) = cur {
             self.reannunciate(a, now_ms, action).await?;
         }
@@ -1536,6 +1543,11 @@ impl<S: AlarmStore> AlarmEngine<S> {
     /// The store.
     pub fn store(&self) -> &S {
         &self.store
+    }
+
+    /// The open alarms as the API lists them, updated on every change (readers never lock the engine).
+    pub fn open_view(&self) -> std::sync::Arc<super::live::OpenView> {
+        self.view.clone()
     }
 
     /// Number of defined points.

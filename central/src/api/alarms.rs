@@ -24,9 +24,9 @@ use serde_json::{Value, json};
 
 use super::{ApiError, ApiState, Principal, Role, bad};
 use crate::alarms::feed::FeedMetrics;
-use crate::alarms::live::{Hub, LiveItem};
+use crate::alarms::live::{Hub, LiveItem, OpenView, ViewEntry, item_json};
 use crate::alarms::{
-    Alarm, AlarmEngine, AlarmError, AlarmFilter, AlarmState, AlarmStore, Condition, Grade, Limits, Stage,
+    Alarm, AlarmEngine, AlarmError, AlarmFilter, AlarmStore, Condition, Grade, Limits, SqliteStore, Stage,
 };
 
 /// Keep-alive comment interval of the stream.
@@ -125,19 +125,7 @@ fn required(name: &str, v: &str) -> Result<(), ApiError> {
 
 /// An alarm as JSON: the stored alarm plus its ISA-18.2 `state` and `shelved_until_ms`.
 fn alarm_json(e: &AlarmEngine, a: &Alarm) -> Value {
-    let mut v = serde_json::to_value(a).unwrap_or(Value::Null);
-    if let Value::Object(m) = &mut v {
-        let state = match a.state() {
-            AlarmState::ActiveUnacked => "active_unacked",
-            AlarmState::ActiveAcked => "active_acked",
-            AlarmState::ReturnedUnacked => "returned_unacked",
-            AlarmState::Normal => "normal",
-        };
-        m.insert("state".into(), json!(state));
-        let shelved = if a.is_closed() { None } else { e.shelved(&a.key).map(|s| s.until_ms) };
-        m.insert("shelved_until_ms".into(), json!(shelved));
-    }
-    v
+    item_json(a, e.shelved(&a.key).map(|s| s.until_ms))
 }
 
 fn enum_from<T: DeserializeOwned>(name: &str, v: &str) -> Result<T, ApiError> {
@@ -191,13 +179,73 @@ fn page_limit(q: &HashMap<String, String>) -> Result<usize, ApiError> {
     }
 }
 
+/// What listing alarms reads instead of the engine: the engine's open-alarm view and a handle on
+/// its store (taken once when the API opens, so a listing never waits for the engine's lock).
+#[derive(Clone)]
+pub struct AlarmReads {
+    /// The open alarms, kept current by the engine.
+    pub view: Arc<OpenView>,
+    /// The store, for closed cases.
+    pub store: SqliteStore,
+}
+
+impl AlarmReads {
+    /// Takes the view and store handle of `engine` (briefly locking it).
+    pub async fn of(engine: &Engine) -> AlarmReads {
+        let e = engine.lock().await;
+        AlarmReads { view: e.open_view(), store: e.store().clone() }
+    }
+}
+
+/// Merges two newest-first lists into one newest-first list of at most `limit` items; an id in
+/// both (a case closed while the listing ran) is taken from `closed`, the newer of the two.
+fn merge_newest_first(open: Vec<ViewEntry>, closed: Vec<Alarm>, limit: usize) -> Vec<Item> {
+    let mut out = Vec::with_capacity(limit.min(open.len() + closed.len()));
+    let (mut o, mut c) = (open.into_iter().peekable(), closed.into_iter().peekable());
+    while out.len() < limit {
+        let item = match (o.peek(), c.peek()) {
+            (Some(x), Some(y)) if x.alarm.id > y.id => o.next().map(Item::Open),
+            (Some(x), Some(y)) if x.alarm.id == y.id => {
+                o.next();
+                c.next().map(|a| Item::Closed(Box::new(a)))
+            }
+            (Some(_), Some(_)) | (None, Some(_)) => c.next().map(|a| Item::Closed(Box::new(a))),
+            (Some(_), None) => o.next().map(Item::Open),
+            (None, None) => None,
+        };
+        match item {
+            Some(i) => out.push(i),
+            None => break,
+        }
+    }
+    out
+}
+
+/// One alarm of a listing page.
+enum Item {
+    Open(ViewEntry),
+    Closed(Box<Alarm>),
+}
+
+impl Item {
+    fn id(&self) -> i64 {
+        match self {
+            Item::Open(e) => e.alarm.id,
+            Item::Closed(a) => a.id,
+        }
+    }
+}
+
 async fn list(
     State(st): State<ApiState>,
     p: Principal,
     Query(q): Query<HashMap<String, String>>,
-) -> Result<axum::Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     need(&p, READ, "read alarms")?;
-    let engine = engine(&st)?;
+    let reads = match &st.alarm_reads {
+        Some(r) => r.clone(),
+        None => AlarmReads::of(&engine(&st)?).await,
+    };
     let mut f = AlarmFilter::default();
     if let Some(v) = q.get("open") {
         f.open = Some(match v.as_str() {
@@ -224,18 +272,42 @@ async fn list(
     }
     f.enterprises_in = p.enterprises.as_ref().map(|l| l.iter().map(|e| e.as_str().to_owned()).collect());
     let limit = page_limit(&q)?;
-    // The query runs on the store without holding the engine (ingest's feed must not wait for it).
-    let store = engine.lock().await.store().clone();
-    let mut found = store.list(&f, limit + 1).await.map_err(refused)?;
+    // Open cases come from the engine's view; closed ones (immutable once closed) from the store,
+    // and only when one can be on the page. The view is read first: a case closed meanwhile is
+    // then in the store's answer (the engine updates the view only after the store), never lost.
+    let page = reads.view.page(&f, limit + 1);
+    let closed = if page.closed_possible {
+        let closed_only = AlarmFilter { open: Some(false), ..f.clone() };
+        reads.store.list(&closed_only, limit + 1).await.map_err(refused)?
+    } else {
+        Vec::new()
+    };
+    let mut found = merge_newest_first(page.open, closed, limit + 1);
     let next = if found.len() > limit {
         found.truncate(limit);
-        found.last().map(|a| a.id.to_string())
+        found.last().map(|i| i.id().to_string())
     } else {
         None
     };
-    let e = engine.lock().await;
-    let items: Vec<Value> = found.iter().map(|a| alarm_json(&e, a)).collect();
-    Ok(axum::Json(json!({ "items": items, "next_cursor": next })))
+    // The same bytes as serialising `{"items": [...], "next_cursor": ...}` as a JSON value, but
+    // open items are copied from the view instead of being serialised per request.
+    let mut out = String::with_capacity(
+        found.iter().map(|i| if let Item::Open(e) = i { e.json.len() + 1 } else { 1024 }).sum::<usize>() + 64,
+    );
+    out.push_str("{\"items\":[");
+    for (n, i) in found.iter().enumerate() {
+        if n > 0 {
+            out.push(',');
+        }
+        match i {
+            Item::Open(e) => out.push_str(&e.json),
+            Item::Closed(a) => out.push_str(&item_json(a, None).to_string()),
+        }
+    }
+    out.push_str("],\"next_cursor\":");
+    out.push_str(&json!(next).to_string());
+    out.push('}');
+    Ok(([(header::CONTENT_TYPE, "application/json")], out).into_response())
 }
 
 /// The alarm if it exists and the caller may see it (else 404, never 403: no leak).

@@ -41,6 +41,8 @@ pub struct ApiState {
     pub metrics: Arc<IngestMetrics>,
     /// The alarm engine, when central runs one.
     pub alarms: Option<Arc<tokio::sync::Mutex<crate::alarms::AlarmEngine>>>,
+    /// What listing alarms reads instead of locking the engine (taken from `alarms` by [`ApiState::open`]).
+    pub alarm_reads: Option<alarms::AlarmReads>,
     /// The alarm stream's hub and the alarm-side counters, when central runs the engine.
     pub alarm_services: Option<Arc<alarms::AlarmServices>>,
     /// The embedded broker's counters, when central runs it.
@@ -78,10 +80,15 @@ impl ApiState {
         let identity = Identity::open(pool.clone(), auth).await?;
         let calls = calllog::CallLog::start(pool, settings.call_log_queue).await?;
         let registry = Registry::open(data_dir).await?;
+        let alarm_reads = match &alarms {
+            Some(e) => Some(alarms::AlarmReads::of(e).await),
+            None => None,
+        };
         Ok(ApiState {
             historian,
             metrics,
             alarms,
+            alarm_reads,
             alarm_services: None,
             broker: None,
             evidence: None,
