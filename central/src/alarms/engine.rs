@@ -496,11 +496,11 @@ impl<S: AlarmStore> AlarmEngine<S> {
                         self.add_point(def)
                     }
                 };
-                let v = match d.phase {
-                    vigil_common::event::DetectionPhase::Start => d.concentration.max(f64::MIN_POSITIVE),
-                    vigil_common::event::DetectionPhase::Stop => 0.0,
-                };
-                self.eval(ix, ts, Some(v), false, received_ms).await
+                let start = d.phase == vigil_common::event::DetectionPhase::Start;
+                let v = if start { d.concentration.max(f64::MIN_POSITIVE) } else { 0.0 };
+                let replay = ts < self.hot[ix as usize].det.last_ts;
+                self.eval(ix, ts, Some(v), false, received_ms).await?;
+                if start { self.record_detection(ix, d, ts, replay, received_ms).await } else { Ok(()) }
             }
             EventKind::DigitalInput { input, state } => {
                 let id = format!("{g}/di/{input}");
@@ -747,6 +747,39 @@ impl<S: AlarmStore> AlarmEngine<S> {
             }
         }
         Ok(())
+    }
+
+    /// Puts what a camera saw (gas, concentration, where it looked, and the name of its snapshot in
+    /// the evidence store) on the timeline of the gas-leak alarm the detection keeps active, so the
+    /// operator verifying the alarm finds the image on it. Every start detection gets its own entry.
+    async fn record_detection(
+        &mut self,
+        ix: u32,
+        d: &vigil_common::event::GasDetection,
+        ts: i64,
+        replay: bool,
+        received_ms: i64,
+    ) -> Result<(), AlarmError> {
+        let key =
+            AlarmKey { source: AlarmSource::Point(self.defs[ix as usize].id.clone()), condition: Condition::GasLeak };
+        let map = if replay { &self.replay_current } else { &self.current };
+        let Some(&id) = map.get(&key) else { return Ok(()) };
+        if !self.alarms.get(&id).is_some_and(|a| a.active) {
+            return Ok(());
+        }
+        let detail = json!({
+            "camera": d.camera, "gas": d.gas, "concentration": d.concentration, "unit": d.unit,
+            "confidence": d.confidence, "location": d.location,
+            "evidence": d.snapshot.as_ref().map(|s| crate::evidence::digest(&s.bytes)),
+            "evidence_type": d.snapshot.as_ref().map(|s| s.content_type.as_str()),
+        })
+        .to_string();
+        let historical = replay || received_ms.saturating_sub(ts) > self.late_ms;
+        let plan = Plan {
+            ops: vec![StoreOp::Timeline(entry(id, ts, "detection", SYSTEM, &detail, historical))],
+            ..Plan::default()
+        };
+        self.commit(plan).await
     }
 
     // ----- state machine ------------------------------------------------------------------------

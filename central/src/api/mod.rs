@@ -202,7 +202,7 @@ pub fn router(state: ApiState) -> Router {
         .merge(alarms::routes())
         .merge(evidence::routes())
         .merge(openapi::routes())
-        .merge(crate::ui::routes())
+        .merge(crate::ui::routes(state.settings.park_layout.clone()))
         .fallback(no_route)
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::authenticate))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(max_body))
