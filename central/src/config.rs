@@ -119,6 +119,12 @@ pub struct BrokerConfig {
     pub write_timeout_ms: u64,
     /// Most retained messages kept.
     pub max_retained: usize,
+    /// The CA's private key, with which gateway enrolment (`POST /api/v1/enrol`) signs gateways'
+    /// certificate requests; enrolment answers 503 while it is absent.
+    pub ca_key_file: PathBuf,
+    /// The host name or address enrolment tells gateways to reach this broker at (it must be
+    /// among the broker certificate's names); by default the host the enrolment request came to.
+    pub advertise_host: Option<String>,
 }
 
 impl Default for BrokerConfig {
@@ -139,6 +145,8 @@ impl Default for BrokerConfig {
             max_keep_alive_s: 600,
             write_timeout_ms: 30_000,
             max_retained: 100_000,
+            ca_key_file: PathBuf::from("pki/ca.key"),
+            advertise_host: None,
         }
     }
 }
@@ -261,6 +269,26 @@ pub struct ApiConfig {
     /// read on every request, so an edited file shows on the next page load. Without it the
     /// embedded example layout is served.
     pub park_layout: Option<PathBuf>,
+    /// What gateway enrolment signs with and advertises; not read from `[api]` but filled in from
+    /// `[broker]` and `key_file` when the configuration is loaded.
+    #[serde(skip)]
+    pub enrolment: EnrolSettings,
+}
+
+/// What gateway enrolment needs besides the database (see [`ApiConfig::enrolment`]); enrolment
+/// answers 503 while the files are not set (an external broker, or no park CA).
+#[derive(Debug, Clone, Default)]
+pub struct EnrolSettings {
+    /// The park CA's certificate.
+    pub ca_cert_file: Option<PathBuf>,
+    /// The park CA's private key.
+    pub ca_key_file: Option<PathBuf>,
+    /// Central's signing key (its public key goes to the gateway).
+    pub central_key_file: Option<PathBuf>,
+    /// The broker host to advertise (`None`: the host the enrolment request came to).
+    pub broker_host: Option<String>,
+    /// The embedded broker's port (set to the bound port once the broker runs).
+    pub broker_port: u16,
 }
 
 impl Default for ApiConfig {
@@ -272,6 +300,7 @@ impl Default for ApiConfig {
             call_log_queue: 65_536,
             secure_cookie: false,
             park_layout: None,
+            enrolment: EnrolSettings::default(),
         }
     }
 }
@@ -359,6 +388,7 @@ impl Config {
                     &mut b.key_file,
                     &mut b.central_cert_file,
                     &mut b.central_key_file,
+                    &mut b.ca_key_file,
                 ] {
                     absolute(p);
                 }
@@ -366,6 +396,15 @@ impl Config {
                 (b.loopback(b.listen.port()), Some(b))
             }
         };
+        if let Some(b) = &broker {
+            raw.api.enrolment = EnrolSettings {
+                ca_cert_file: Some(b.ca_file.clone()),
+                ca_key_file: Some(b.ca_key_file.clone()),
+                central_key_file: Some(raw.key_file.clone()),
+                broker_host: b.advertise_host.clone(),
+                broker_port: b.listen.port(),
+            };
+        }
         let c = Config {
             data_dir: raw.data_dir,
             key_file: raw.key_file,

@@ -348,6 +348,8 @@ async fn run(config: &Path) -> Result<()> {
             let reload = std::time::Duration::from_secs(cfg.ingest.registry_reload_s.max(1));
             let broker = vigil_central::broker::Broker::start(b, &cfg.data_dir, registry, reload).await?;
             cfg.mqtt.port = broker.local_addr().port();
+            // Enrolment advertises the port the broker is bound to (also when configured as 0).
+            cfg.api.enrolment.broker_port = broker.local_addr().port();
             Some(broker)
         }
         None => None,

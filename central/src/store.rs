@@ -120,10 +120,23 @@ impl Registry {
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(std::time::Duration::from_secs(5));
         let pool = SqlitePoolOptions::new().max_connections(4).connect_with(opts).await?;
-        for stmt in SCHEMA {
+        for stmt in SCHEMA.iter().chain(crate::enrol::SCHEMA) {
             sqlx::query(*stmt).execute(&pool).await?;
         }
         Ok(Registry { pool })
+    }
+
+    /// The database (`meta.db`), for the enrolment tokens kept beside the registry.
+    pub(crate) fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    /// The enterprise gateway `id` is registered under, if it is.
+    pub async fn enterprise_of(&self, id: &GatewayId) -> Result<Option<String>, StoreError> {
+        Ok(sqlx::query_scalar("SELECT enterprise FROM gateways WHERE id = ?")
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await?)
     }
 
     /// Registers a gateway (or adds a key to an existing one of the same enterprise).

@@ -1,7 +1,7 @@
-//! `vigil-edge`: the gateway agent (`run`), key provisioning, and the technician commands for
-//! acquisition: `check` (validate a configuration), `read` (one read cycle as JSON), `scan modbus`
-//! (raw registers with every plausible interpretation) and `acquire` (run acquisition alone and print
-//! counters).
+//! `vigil-edge`: the gateway agent (`run`), key provisioning and enrolment (`enroll`), and the
+//! technician commands for acquisition: `check` (validate a configuration), `read` (one read cycle as
+//! JSON), `scan modbus` (raw registers with every plausible interpretation) and `acquire` (run
+//! acquisition alone and print counters).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,6 +14,8 @@ use vigil_edge::Record;
 use vigil_edge::config::{self, Plant, RegisterKind, Transport};
 use vigil_edge::sources::modbus::{Data, Endpoint, Link};
 use vigil_edge::sources::{self, Metrics};
+
+mod enroll;
 
 /// Vigil gateway agent.
 #[derive(Parser)]
@@ -36,6 +38,23 @@ enum Command {
         /// Where to write the key; an existing file is never replaced.
         #[arg(long, default_value = "gateway.key")]
         out: PathBuf,
+    },
+    /// Enrol this gateway at central with a one-time token: generates its signing and TLS keys here,
+    /// has central register the key and sign the certificate, and writes keys, certificate, CA and a
+    /// `gateway-enrolled.toml` snippet into DIR (plain HTTP to central in this version).
+    Enroll {
+        /// Central's API, http://HOST:PORT.
+        #[arg(long)]
+        central: String,
+        /// The enrolment token an administrator created (`POST /api/v1/enrolments`).
+        #[arg(long)]
+        token: String,
+        /// This gateway's id (the token's gateway).
+        #[arg(long)]
+        id: String,
+        /// Directory for the files; existing files are never replaced.
+        #[arg(long)]
+        dir: PathBuf,
     },
     /// Print the public key of an existing key file.
     Pubkey {
@@ -118,7 +137,7 @@ struct ScanArgs {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    if !matches!(cli.command, Command::Keygen { .. } | Command::Pubkey { .. }) {
+    if !matches!(cli.command, Command::Keygen { .. } | Command::Pubkey { .. } | Command::Enroll { .. }) {
         // The agent reports its life at info; the technician commands stay quiet unless asked.
         tracing_subscriber_init(if matches!(cli.command, Command::Run { .. }) { "info" } else { "warn" });
     }
@@ -128,6 +147,11 @@ fn main() -> Result<()> {
             let key = vigil_common::keyfile::create(&out).context("creating the gateway key")?;
             println!("{}", key.public_key().to_text());
             eprintln!("wrote {} (owner-only); register the public key above at central", out.display());
+        }
+        Command::Enroll { central, token, id, dir } => {
+            let snippet = runtime()?.block_on(enroll::enroll(&central, &token, &id, &dir))?;
+            println!("{}", snippet.display());
+            eprintln!("enrolled {id}; merge {} into the gateway configuration", snippet.display());
         }
         Command::Pubkey { key } => {
             let key = vigil_common::keyfile::load(&key).context("reading the gateway key")?;

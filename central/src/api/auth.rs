@@ -24,7 +24,8 @@ use super::{ApiError, ApiState, JsonBody, problem};
 pub const COOKIE: &str = "vigil_session";
 
 /// `/api/` paths answered without authentication.
-pub const PUBLIC: &[&str] = &["/api/v1/auth/login", "/api/v1/auth/password", "/api/v1/health", "/api/v1/openapi.json"];
+pub const PUBLIC: &[&str] =
+    &["/api/v1/auth/login", "/api/v1/auth/password", "/api/v1/health", "/api/v1/openapi.json", "/api/v1/enrol"];
 
 /// Roles that read process data: points, values, history, gateways, enterprises.
 pub const READ_DATA: &[Role] = &[Role::ParkAdmin, Role::Operator, Role::EnterpriseUser, Role::FieldTechnician];

@@ -241,6 +241,7 @@ async fn metrics(State(st): State<ApiState>) -> Result<String, ApiError> {
     drop(h);
     s.push_str(&st.identity.metrics().prometheus());
     s.push_str(&st.calls.metrics().prometheus());
+    s.push_str(&crate::enrol::METRICS.prometheus());
     Ok(s)
 }
 

@@ -5,6 +5,7 @@
 pub mod alarms;
 pub mod auth;
 pub mod calllog;
+pub mod enrolments;
 pub mod evidence;
 pub mod history;
 pub mod openapi;
@@ -201,6 +202,7 @@ pub fn router(state: ApiState) -> Router {
         .merge(history::routes())
         .merge(alarms::routes())
         .merge(evidence::routes())
+        .merge(enrolments::routes())
         .merge(openapi::routes())
         .merge(crate::ui::routes(state.settings.park_layout.clone()))
         .fallback(no_route)

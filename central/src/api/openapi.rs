@@ -8,7 +8,7 @@ use axum::routing::get;
 use serde_json::{Value, json};
 
 use super::auth::{MANAGE_USERS, READ_DATA, READ_LOGS, Role};
-use super::{ApiState, alarms};
+use super::{ApiState, alarms, enrolments};
 
 /// Who may call an operation.
 #[derive(Debug, Clone, Copy)]
@@ -189,6 +189,36 @@ pub const OPERATIONS: &[Operation] = &[
     ),
     op("get", "/api/v1/gateways/{id}", "resources", "One gateway", Access::Roles(READ_DATA), (200, "Gateway")),
     op("get", "/api/v1/health", "resources", "Whether central's parts answer", Access::Public, (200, "Health")),
+    with_body(
+        op(
+            "post",
+            "/api/v1/enrolments",
+            "enrolment",
+            "Create a one-time enrolment token for a gateway (field technicians: assigned enterprises)",
+            Access::Roles(enrolments::ENROL),
+            (201, "EnrolmentToken"),
+        ),
+        "NewEnrolment",
+    ),
+    op(
+        "get",
+        "/api/v1/enrolments",
+        "enrolment",
+        "Pending enrolments (never the tokens)",
+        Access::Roles(enrolments::ENROL),
+        (200, "EnrolmentPage"),
+    ),
+    with_body(
+        op(
+            "post",
+            "/api/v1/enrol",
+            "enrolment",
+            "A gateway redeems its token: its key is registered, its certificate request signed",
+            Access::Public,
+            (200, "Enrolled"),
+        ),
+        "Enrol",
+    ),
     with_query(
         op(
             "get",
@@ -371,7 +401,7 @@ fn schemas() -> Value {
                             "next_cursor": { "type": ["string", "null"] } }
         })
     };
-    json!({
+    let mut all = json!({
         "Problem": { "type": "object", "required": ["type", "title", "status", "detail"], "properties": {
             "type": { "type": "string" }, "title": { "type": "string" }, "status": { "type": "integer" },
             "detail": { "type": "string" }, "attempts_remaining": { "type": "integer" },
@@ -431,6 +461,39 @@ fn schemas() -> Value {
             "buckets": { "type": "array", "items": { "type": "object" } } } },
         "Health": { "type": "object", "required": ["status"], "properties": { "status": { "type": "string", "enum": ["ok", "degraded"] },
             "version": { "type": "string" }, "started_ms": ms, "checks": { "type": "object" } } },
+    });
+    if let (Some(all), Value::Object(more)) = (all.as_object_mut(), enrolment_schemas(&ms)) {
+        all.extend(more);
+    }
+    all
+}
+
+/// The enrolment components (apart: one `json!` of everything exceeds the macro recursion limit).
+fn enrolment_schemas(ms: &Value) -> Value {
+    let page = |item: &str| {
+        json!({
+            "type": "object", "required": ["items", "next_cursor"],
+            "properties": { "items": { "type": "array", "items": { "$ref": format!("#/components/schemas/{item}") } },
+                "next_cursor": { "type": ["string", "null"] } },
+        })
+    };
+    json!({
+        "NewEnrolment": { "type": "object", "required": ["gateway", "enterprise"], "additionalProperties": false,
+            "properties": { "gateway": { "type": "string" }, "enterprise": { "type": "string" },
+            "ttl_s": { "type": "integer", "description": "token lifetime, 60..=604800 s (default 3600)" } } },
+        "EnrolmentToken": { "type": "object", "required": ["token", "expires_ms"], "properties": {
+            "token": { "type": "string", "description": "shown once; central keeps only its SHA-256" },
+            "expires_ms": ms, "gateway": { "type": "string" }, "enterprise": { "type": "string" } } },
+        "Enrolment": { "type": "object", "properties": { "id": { "type": "string" }, "gateway": { "type": "string" },
+            "enterprise": { "type": "string" }, "created_by": { "type": "string" }, "created_ms": ms, "expires_ms": ms } },
+        "EnrolmentPage": page("Enrolment"),
+        "Enrol": { "type": "object", "required": ["token", "public_key", "csr"], "additionalProperties": false,
+            "properties": { "token": { "type": "string" }, "public_key": { "type": "string", "description": "ed25519:<hex>" },
+            "csr": { "type": "string", "description": "PEM certificate signing request, CN = the gateway id" } } },
+        "Enrolled": { "type": "object", "required": ["gateway", "enterprise", "cert_pem", "ca_pem", "central_public_key", "broker"],
+            "properties": { "gateway": { "type": "string" }, "enterprise": { "type": "string" },
+            "cert_pem": { "type": "string" }, "ca_pem": { "type": "string" }, "central_public_key": { "type": "string" },
+            "broker": { "type": "object", "properties": { "host": { "type": "string" }, "port": { "type": "integer" } } } } },
     })
 }
 

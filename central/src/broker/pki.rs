@@ -8,8 +8,8 @@ use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType, DnValue,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
 };
 
 /// CA certificate file name in the PKI directory.
@@ -45,6 +45,9 @@ pub enum PkiError {
     /// A bad gateway id or name.
     #[error("{0}")]
     Invalid(String),
+    /// A certificate signing request that is malformed or asks for another name.
+    #[error("certificate signing request: {0}")]
+    Csr(String),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
@@ -148,6 +151,30 @@ pub fn issue_gateway(dir: &Path, id: &str) -> Result<PathBuf, PkiError> {
         write_new(&ca_copy, &ca_pem, 0o644)?;
     }
     Ok(out)
+}
+
+/// Signs gateway `id`'s certificate signing request (PEM, as `vigil-edge enroll` makes it) with the
+/// CA (`ca_pem`, `ca_key_pem`): the request's signature must verify and its subject's common name
+/// must be `id`. Only the request's public key is taken from it; names, usages and validity are the
+/// same as `issue-gateway` gives (client authentication, ten years). Returns the certificate (PEM).
+pub fn sign_gateway_csr(ca_pem: &str, ca_key_pem: &str, csr_pem: &str, id: &str) -> Result<String, PkiError> {
+    let csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| PkiError::Csr(e.to_string()))?;
+    let cn = match csr.params.distinguished_name.get(&DnType::CommonName) {
+        Some(DnValue::Utf8String(s)) => s.clone(),
+        Some(DnValue::PrintableString(s)) => s.as_str().to_owned(),
+        Some(DnValue::Ia5String(s)) => s.as_str().to_owned(),
+        Some(_) => return Err(PkiError::Csr("the common name has an unsupported string type".into())),
+        None => return Err(PkiError::Csr("the subject has no common name".into())),
+    };
+    if cn != id {
+        return Err(PkiError::Csr(format!("its common name is {cn:?}, not the gateway id {id:?}")));
+    }
+    let issuer = Issuer::from_ca_cert_pem(ca_pem, KeyPair::from_pem(ca_key_pem)?)?;
+    let signed = CertificateSigningRequestParams {
+        params: leaf(id, &[], ExtendedKeyUsagePurpose::ClientAuth, 10)?,
+        public_key: csr.public_key,
+    };
+    Ok(signed.signed_by(&issuer)?.pem())
 }
 
 #[cfg(test)]
