@@ -675,3 +675,18 @@ async fn undefined_cameras_are_bounded_but_still_alarm() {
     assert!(e.current(&key("gw-01/cam/c2", Condition::GasLeak)).is_some());
     assert!(e.current(&key("gw-01/cam/unlisted", Condition::GasLeak)).is_some_and(|a| a.active));
 }
+
+#[tokio::test]
+async fn a_defined_point_its_gateway_never_sends_is_reported_as_unmatched() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut e, _rx) = open(&dir.path().join("a.db")).await;
+    let ten_min = vigil_central::alarms::feed::UNMATCHED_AFTER_MS;
+    assert!(e.unmatched_points(T0 + ten_min, ten_min).is_empty(), "nothing before the gateway sends");
+    e.on_gateway_seen(&gw(), T0).await.unwrap();
+    e.on_sample(&gw(), &pt("TK101.LT"), &Sample::good(T0 + 1000, 50.0), T0 + 1000).await.unwrap();
+    assert!(e.unmatched_points(T0 + ten_min - 1, ten_min).is_empty(), "a grace of ten minutes");
+    // TK102.PT never came (the digital input is not a measured point and is not reported).
+    assert_eq!(e.unmatched_points(T0 + ten_min, ten_min), ["TK102.PT"]);
+    e.on_sample(&gw(), &pt("TK102.PT"), &Sample::good(T0 + ten_min + 5, 1.0), T0 + ten_min + 5).await.unwrap();
+    assert!(e.unmatched_points(T0 + ten_min + 10, ten_min).is_empty());
+}

@@ -78,6 +78,8 @@ struct GatewayRt {
     online: bool,
     /// Latest receive time of anything from it (NONE: not yet).
     last_seen: i64,
+    /// Receive time of the first batch since start (NONE: none yet).
+    first_batch: i64,
 }
 
 /// A point resolved by [`AlarmEngine::resolve`].
@@ -209,7 +211,7 @@ impl<S: AlarmStore> AlarmEngine<S> {
             return s;
         }
         let s = self.gateways.len() as u32;
-        self.gateways.push(GatewayRt { id: g.to_owned(), online: true, last_seen: NONE });
+        self.gateways.push(GatewayRt { id: g.to_owned(), online: true, last_seen: NONE, first_batch: NONE });
         self.gw_index.insert(g.to_owned(), s);
         s
     }
@@ -611,10 +613,32 @@ impl<S: AlarmStore> AlarmEngine<S> {
         let slot = self.gateway_slot(g) as usize;
         let gw = &mut self.gateways[slot];
         gw.last_seen = gw.last_seen.max(received_ms);
+        if gw.first_batch == NONE {
+            gw.first_batch = received_ms;
+        }
         if !gw.online {
             self.gateway_back(g, received_ms).await?;
         }
         Ok(())
+    }
+
+    /// Measured points whose gateway has been sending for at least `after_ms` since start without
+    /// ever sending the point: most likely a definition id that is not `{gateway}/{point}` as the
+    /// gateway names it, which would otherwise never alarm and never say so.
+    pub fn unmatched_points(&self, now_ms: i64, after_ms: i64) -> Vec<&str> {
+        self.defs
+            .iter()
+            .zip(&self.hot)
+            .filter(|(d, h)| {
+                d.kind == PointKind::Analog
+                    && h.det.last_ts == NONE
+                    && self
+                        .gateways
+                        .get(h.gw as usize)
+                        .is_some_and(|g| g.first_batch != NONE && now_ms.saturating_sub(g.first_batch) >= after_ms)
+            })
+            .map(|(d, _)| d.id.as_str())
+            .collect()
     }
 
     /// A gateway's birth (online) or death (offline) state, at `ts_ms`.

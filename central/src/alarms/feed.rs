@@ -19,18 +19,46 @@ pub struct FeedMetrics {
     pub lagged: std::sync::atomic::AtomicU64,
     /// Engine errors (each logged; evaluation goes on with the next batch).
     pub errors: std::sync::atomic::AtomicU64,
+    /// Defined points their gateway has never sent in [`UNMATCHED_AFTER_MS`] of sending (see
+    /// `AlarmEngine::unmatched_points`); each is logged once.
+    pub unmatched: std::sync::atomic::AtomicU64,
 }
+
+/// How long a gateway must have been sending before a defined point it never sent counts as
+/// unmatched: longer than a report-by-exception point's usual maximum silence (5 minutes).
+pub const UNMATCHED_AFTER_MS: i64 = 10 * 60 * 1000;
 
 impl FeedMetrics {
     /// Prometheus text of the counters.
     pub fn prometheus(&self) -> String {
         let g = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
         format!(
-            "vigil_alarm_feed_batches_total {}\nvigil_alarm_feed_lagged_batches_total {}\nvigil_alarm_feed_errors_total {}\n",
+            "vigil_alarm_feed_batches_total {}\nvigil_alarm_feed_lagged_batches_total {}\nvigil_alarm_feed_errors_total {}\nvigil_alarm_unmatched_points {}\n",
             g(&self.batches),
             g(&self.lagged),
-            g(&self.errors)
+            g(&self.errors),
+            g(&self.unmatched)
         )
+    }
+}
+
+/// Counts the unmatched points and logs each the first time (at most 20 names per report).
+fn report_unmatched(
+    engine: &AlarmEngine,
+    now: i64,
+    warned: &mut std::collections::HashSet<String>,
+    metrics: &FeedMetrics,
+) {
+    let unmatched = engine.unmatched_points(now, UNMATCHED_AFTER_MS);
+    metrics.unmatched.store(unmatched.len() as u64, std::sync::atomic::Ordering::Relaxed);
+    let new: Vec<&str> = unmatched.into_iter().filter(|p| !warned.contains(*p)).take(20).collect();
+    if !new.is_empty() {
+        tracing::warn!(
+            points = ?new,
+            "alarm definitions whose gateway has been sending for 10 minutes without ever sending them: \
+             check that each id is {{gateway}}/{{point}} as the gateway names the point"
+        );
+        warned.extend(new.into_iter().map(str::to_owned));
     }
 }
 
@@ -75,6 +103,7 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let (mut ticks, mut warned) = (0u64, std::collections::HashSet::new());
     let mut states_open = true;
     loop {
         let item = tokio::select! {
@@ -100,9 +129,15 @@ pub async fn run(
             }
             r = telemetry.recv() => r,
             _ = tick.tick() => {
-                if let Err(e) = engine.lock().await.tick(now_ms()).await {
+                let now = now_ms();
+                let mut e = engine.lock().await;
+                if let Err(err) = e.tick(now).await {
                     metrics.errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    tracing::error!(error = %e, "alarm tick failed");
+                    tracing::error!(error = %err, "alarm tick failed");
+                }
+                ticks += 1;
+                if ticks % 60 == 0 {
+                    report_unmatched(&e, now, &mut warned, &metrics);
                 }
                 continue;
             }
