@@ -878,29 +878,34 @@ impl Park {
         http_get_auth(self.layout.api.port(), &self.token, path)
     }
 
-    /// The scenario's expected alarms not yet seen in central's alarm list (open or closed).
-    pub fn missing_alarms(&self) -> Result<Vec<(String, String)>> {
+    /// Central's alarm list (open and closed, newest first, at most 1,000) as the admin sees it.
+    fn alarms(&self) -> Result<Vec<serde_json::Value>> {
         let (status, body) = self.get("/api/v1/alarms?limit=1000")?;
         if status != 200 {
             bail!("GET /api/v1/alarms answered {status}: {body}");
         }
+        let mut list: serde_json::Value = serde_json::from_str(&body).context("the alarm list is not JSON")?;
+        Ok(match list["items"].take() {
+            serde_json::Value::Array(items) => items,
+            _ => Vec::new(),
+        })
+    }
+
+    /// The scenario's expected alarms not yet seen in central's alarm list (open or closed).
+    pub fn missing_alarms(&self) -> Result<Vec<(String, String)>> {
+        let items = self.alarms()?;
         Ok(self
             .layout
             .expected_alarms
             .iter()
-            .filter(|(source, condition)| !alarm_present(&body, source, condition))
+            .filter(|(source, condition)| !alarm_present(&items, source, condition))
             .cloned()
             .collect())
     }
 
     /// Points of the scenario's maintenance windows that have no suppressed alarm yet.
     pub fn missing_suppressed(&self) -> Result<Vec<String>> {
-        let (status, body) = self.get("/api/v1/alarms?limit=1000")?;
-        if status != 200 {
-            bail!("GET /api/v1/alarms answered {status}: {body}");
-        }
-        let list: serde_json::Value = serde_json::from_str(&body)?;
-        let items = list["items"].as_array().cloned().unwrap_or_default();
+        let items = self.alarms()?;
         Ok(self
             .layout
             .expected_suppressed
@@ -917,17 +922,11 @@ impl Park {
     /// Camera alarms whose timeline does not yet show a detection with a snapshot that central's
     /// evidence store serves.
     pub fn missing_evidence(&self) -> Result<Vec<String>> {
-        let (status, body) = self.get("/api/v1/alarms?limit=1000")?;
-        if status != 200 {
-            bail!("GET /api/v1/alarms answered {status}: {body}");
-        }
-        let list: serde_json::Value = serde_json::from_str(&body)?;
+        let items = self.alarms()?;
         let mut missing = Vec::new();
         for (source, _) in self.layout.expected_alarms.iter().filter(|(_, c)| c == "GasLeak") {
-            let ids: Vec<i64> = list["items"]
-                .as_array()
-                .into_iter()
-                .flatten()
+            let ids: Vec<i64> = items
+                .iter()
                 .filter(|a| a["key"]["source"]["Point"].as_str() == Some(source.as_str()))
                 .filter_map(|a| a["id"].as_i64())
                 .collect();
@@ -975,25 +974,20 @@ impl Park {
     }
 }
 
-/// Whether the alarm list JSON holds an alarm of `source` (point, gateway or `gateway/device`) with `condition`.
-fn alarm_present(body: &str, source: &str, condition: &str) -> bool {
-    let Ok(v) = serde_json::from_str::<serde_json::Value>(body) else { return false };
-    let items = v["items"].as_array().or_else(|| v["alarms"].as_array());
-    items.is_some_and(|list| {
-        list.iter().any(|a| {
-            let key = &a["key"];
-            let src = &key["source"];
-            let name = src["Point"]
-                .as_str()
-                .map(str::to_owned)
-                .or_else(|| src["Gateway"].as_str().map(str::to_owned))
-                .or_else(|| {
+/// Whether the alarm list holds an alarm of `source` (point, gateway or `gateway/device`) with `condition`.
+fn alarm_present(items: &[serde_json::Value], source: &str, condition: &str) -> bool {
+    items.iter().any(|a| {
+        let key = &a["key"];
+        let src = &key["source"];
+        let name =
+            src["Point"].as_str().map(str::to_owned).or_else(|| src["Gateway"].as_str().map(str::to_owned)).or_else(
+                || {
                     src["Device"]
                         .as_array()
                         .map(|d| format!("{}/{}", d[0].as_str().unwrap_or(""), d[1].as_str().unwrap_or("")))
-                });
-            name.as_deref() == Some(source) && key["condition"] == condition
-        })
+                },
+            );
+        name.as_deref() == Some(source) && key["condition"] == condition
     })
 }
 
