@@ -189,6 +189,15 @@ impl Registry {
 
     /// Revokes one key of a gateway, or all of them when `key_id` is None; returns how many.
     pub async fn revoke(&self, id: &GatewayId, key_id: Option<&str>, now_ms: i64) -> Result<u64, StoreError> {
+        let n = self.revoke_unrevoked(id, key_id, now_ms).await?;
+        if n == 0 {
+            return Err(StoreError::Invalid(format!("no unrevoked key matched for gateway {id}")));
+        }
+        Ok(n)
+    }
+
+    /// Marks the gateway's matching keys that are not revoked yet as revoked at `now_ms`; how many.
+    async fn revoke_unrevoked(&self, id: &GatewayId, key_id: Option<&str>, now_ms: i64) -> Result<u64, StoreError> {
         let r =
             match key_id {
                 Some(k) => sqlx::query(
@@ -207,9 +216,6 @@ impl Registry {
                         .await?
                 }
             };
-        if r.rows_affected() == 0 {
-            return Err(StoreError::Invalid(format!("no unrevoked key matched for gateway {id}")));
-        }
         Ok(r.rows_affected())
     }
 
@@ -406,15 +412,7 @@ impl Registry {
                 }
             }
             for key_id in &g.revoked {
-                let r = sqlx::query(
-                    "UPDATE gateway_keys SET revoked_ms = ? WHERE gateway = ? AND key_id = ? AND revoked_ms IS NULL",
-                )
-                .bind(now_ms)
-                .bind(g.id.as_str())
-                .bind(key_id)
-                .execute(&self.pool)
-                .await?;
-                report.keys_revoked += r.rows_affected() as usize;
+                report.keys_revoked += self.revoke_unrevoked(&g.id, Some(key_id), now_ms).await? as usize;
             }
         }
         Ok(report)

@@ -95,11 +95,6 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for DirectedPort<S> {
     }
 }
 
-/// The line timing of a bus with these settings.
-pub fn timing(baud: u32, bits_per_char: u32) -> LineTiming {
-    LineTiming { baud, bits_per_char }
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -114,7 +109,7 @@ mod tests {
         let (io, pins) = MemoryIo::memory(&[], &["de"]);
         let de = pins["de"].clone();
         let (a, mut b) = tokio::io::duplex(1024);
-        let t = timing(9600, 10);
+        let t = LineTiming { baud: 9600, bits_per_char: 10 };
         let mut port = DirectedPort::new(a, Box::new(io), "de".into(), t).unwrap();
         assert!(!de.get(), "receiving at start");
         let started = std::time::Instant::now();
@@ -141,7 +136,8 @@ mod tests {
         let (io, pins) = MemoryIo::memory(&[], &["de"]);
         let (a, b) = tokio::io::duplex(16);
         drop(b);
-        let mut port = DirectedPort::new(a, Box::new(io), "de".into(), timing(9600, 10)).unwrap();
+        let mut port =
+            DirectedPort::new(a, Box::new(io), "de".into(), LineTiming { baud: 9600, bits_per_char: 10 }).unwrap();
         assert!(port.write_all(&[1, 2, 3]).await.is_err());
         assert!(!pins["de"].get(), "not left driving the bus");
     }
@@ -149,7 +145,13 @@ mod tests {
     #[test]
     fn an_unknown_line_fails_at_once() {
         let (io, _) = MemoryIo::memory(&[], &["de"]);
-        let err = DirectedPort::new(tokio::io::empty(), Box::new(io), "nope".into(), timing(9600, 10)).unwrap_err();
+        let err = DirectedPort::new(
+            tokio::io::empty(),
+            Box::new(io),
+            "nope".into(),
+            LineTiming { baud: 9600, bits_per_char: 10 },
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("nope"), "{err}");
     }
 }

@@ -154,7 +154,7 @@ impl Link {
                     Some(line) => {
                         let io = vigil_hw::CdevIo::open(&[], std::slice::from_ref(line))
                             .map_err(|e| Failure::Comm(format!("{path}: RS485 direction line {}: {e}", line.name)))?;
-                        let timing = direction::timing(bus.baud, bus.bits_per_char());
+                        let timing = vigil_hw::rs485::LineTiming { baud: bus.baud, bits_per_char: bus.bits_per_char() };
                         let port = direction::DirectedPort::new(port, Box::new(io), line.name.clone(), timing)
                             .map_err(|e| Failure::Comm(format!("{path}: {e}")))?;
                         tokio_modbus::client::rtu::attach(port)
