@@ -181,7 +181,15 @@ if [ "${VIGIL_DEB_INSTALL_TEST:-0}" = 1 ]; then
         chmod 0644 /etc/vigil/keys/gateway.key
         echo keep >/var/lib/vigil/marker
         echo "# edited on site" >>/etc/vigil/gateway.toml
-        if dpkg -i "$deb" >"$work/dpkg.log" 2>&1; then ok "upgrade (dpkg -i again)"; else fail "upgrade: $(cat "$work/dpkg.log")"; fi
+        # The same package as a newer version, for a real upgrade (postinst configure <old version>).
+        dpkg-deb -R "$deb" "$work/up"
+        sed -i "s/^Version: .*/Version: $(field Version)+upgrade1/" "$work/up/DEBIAN/control"
+        dpkg-deb --root-owner-group -b "$work/up" "$work/upgrade.deb" >/dev/null
+        if dpkg -i "$work/upgrade.deb" >"$work/dpkg.log" 2>&1; then
+            ok "upgrade to $(dpkg-query -W -f='${Version}' vigil-edge)"
+        else
+            fail "upgrade: $(cat "$work/dpkg.log")"
+        fi
         expect_mode /etc/vigil/keys/gateway.key "600 vigil:vigil"
         grep -q "edited on site" /etc/vigil/gateway.toml && ok "upgrade kept the edited conffile" || fail "upgrade lost the edited conffile"
         [ -f /var/lib/vigil/marker ] && ok "upgrade kept /var/lib/vigil" || fail "upgrade lost /var/lib/vigil"

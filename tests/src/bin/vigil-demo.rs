@@ -32,6 +32,11 @@ struct Cli {
     /// How long `--check` waits for the scenario, in seconds.
     #[arg(long, default_value_t = 300)]
     check_timeout_s: u64,
+    /// Only generate the park (gateway and central configurations, keys, certificates) into --dir,
+    /// print each gateway configuration's path and exit; starts nothing (`tools/cross-build.sh`
+    /// checks these configurations with the ARM builds).
+    #[arg(long, conflicts_with = "check")]
+    generate_only: bool,
 }
 
 /// Marks a directory this program created, so a rerun may replace it.
@@ -57,6 +62,15 @@ fn main() -> Result<()> {
 
 async fn run(cli: Cli) -> Result<()> {
     let spec = ParkSpec::load(&cli.park)?;
+    if cli.generate_only {
+        // vigil-central and vigil-edge are built only if absent.
+        fresh_dir(&cli.dir)?;
+        let layout = park::generate(&spec, &cli.dir, cli.listen)?;
+        for g in &layout.gateways {
+            println!("{}", g.config.display());
+        }
+        return Ok(());
+    }
     vigil_tests::build_binaries()?;
     let listen = if cli.check {
         SocketAddr::from(([127, 0, 0, 1], std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port()))
