@@ -5,6 +5,7 @@ pub mod alarms;
 pub mod api;
 pub mod broker;
 pub mod config;
+pub mod config_push;
 pub mod enrol;
 pub mod evidence;
 pub mod historian;

@@ -362,8 +362,9 @@ async fn run(config: &Path) -> Result<()> {
         door.set_limits(&d.id, limit_values(&d.limits()));
     }
     let points: Vec<String> = definitions.point.iter().map(|d| d.id.clone()).collect();
-    let core =
-        Core::open_with_compression(cfg.clone(), key, door.clone()).await.context("opening the data directory")?;
+    let core = Core::open_with_compression(cfg.clone(), key.clone(), door.clone())
+        .await
+        .context("opening the data directory")?;
     let (engine, notify, alarm_pool) = open_alarm_engine(&cfg, definitions).await?;
     let hub = vigil_central::alarms::live::Hub::new(now_ms());
     tokio::spawn(hub.clone().run(engine.subscribe()));
@@ -402,6 +403,12 @@ async fn run(config: &Path) -> Result<()> {
         Some(Arc::new(vigil_central::api::alarms::AlarmServices { hub, feed: feed_metrics, notify: notify_metrics }));
     state.broker = broker.as_ref().map(|b| b.metrics());
     state.evidence = Some(core.evidence.clone());
+    // The MQTT client first (it queues until its event loop runs): configuration pushes send with it.
+    let opts = ingest::mqtt_options(&cfg.mqtt).context("MQTT options")?;
+    let (client, eventloop) = rumqttc::AsyncClient::new(opts, 8192);
+    let pushes = vigil_central::config_push::ConfigPushes::new(&state.registry, key.clone(), Some(client.clone()));
+    tokio::spawn(pushes.clone().follow(state.registry.clone(), core.streams.states.subscribe()));
+    state.pushes = Some(pushes);
     bootstrap_admin(&state.identity, &cfg.data_dir).await?;
     tokio::spawn(state.gateways.clone().follow(core.streams.states.subscribe()));
     let call_log = state.calls.clone();
@@ -413,8 +420,6 @@ async fn run(config: &Path) -> Result<()> {
             tracing::error!(error = %e, "api server stopped");
         }
     });
-    let opts = ingest::mqtt_options(&cfg.mqtt).context("MQTT options")?;
-    let (client, eventloop) = rumqttc::AsyncClient::new(opts, 8192);
     let (tx, rx) = ingest::lanes(4096);
     tokio::spawn(ingest::mqtt_loop(client.clone(), eventloop, tx, core.metrics.clone()));
     tracing::info!(api = %listen, broker = %format!("{}:{}", cfg.mqtt.host, cfg.mqtt.port), "vigil-central running");

@@ -11,6 +11,7 @@ use support::{Answer, login, request};
 use vigil_central::api::openapi::{Access, OPERATIONS};
 use vigil_central::api::{ApiState, Role};
 use vigil_central::config::ApiConfig;
+use vigil_central::config_push::ConfigPushes;
 use vigil_central::historian::{FileChunkStore, Historian};
 use vigil_central::identity::{AuthConfig, NewUser, SecurityEvent};
 use vigil_common::{EnterpriseId, GatewayId, PointId, Sample, SigningKey};
@@ -47,7 +48,7 @@ async fn start(auth: AuthConfig) -> Api {
     .unwrap();
     let engine = vigil_central::alarms::AlarmEngine::open_sqlite(pool, defs).await.unwrap();
     let settings = ApiConfig { max_body_bytes: 4096, ..ApiConfig::default() };
-    let state = ApiState::open(
+    let mut state = ApiState::open(
         dir.path(),
         settings,
         auth,
@@ -57,6 +58,8 @@ async fn start(auth: AuthConfig) -> Api {
     )
     .await
     .unwrap();
+    // Pushes are stored, not sent: this harness has no broker (tests/tests/e2e_config_push.rs has).
+    state.pushes = Some(ConfigPushes::new(&state.registry, SigningKey::from_seed(&[9; 32]), None));
     for (gw, ent, seed) in [("gw-a", "ent-a", 1u8), ("gw-b", "ent-b", 2)] {
         let key = SigningKey::from_seed(&[seed; 32]).public_key();
         state.registry.add(&GatewayId::new(gw).unwrap(), &EnterpriseId::new(ent).unwrap(), &key, 1).await.unwrap();
@@ -293,7 +296,8 @@ fn exercise(o: &vigil_central::api::openapi::Operation) -> (String, Option<Strin
         .replace("{id}", id)
         .replace("{action}", "feedback")
         .replace("{verb}", "approve")
-        .replace("{sha256}", &"0".repeat(64));
+        .replace("{sha256}", &"0".repeat(64))
+        .replace("{version}", "1");
     let q: Vec<String> = o
         .query
         .iter()
@@ -311,6 +315,9 @@ fn exercise(o: &vigil_central::api::openapi::Operation) -> (String, Option<Strin
         ("post", "/api/v1/users") => Some(r#"{"name":"created","role":"operator"}"#.to_owned()),
         ("patch", "/api/v1/users/{name}") => Some(r#"{"unlock":true}"#.to_owned()),
         ("post", "/api/v1/enrolments") => Some(r#"{"gateway":"gw-new","enterprise":"ent-a"}"#.to_owned()),
+        ("post", "/api/v1/gateways/{id}/config") => {
+            Some(serde_json::json!({ "toml": "[gateway]\nid = \"gw-a\"\nenterprise = \"ent-a\"\n" }).to_string())
+        }
         ("post", _) | ("patch", _) | ("put", _) => Some("{}".to_owned()),
         _ => None,
     };
@@ -550,4 +557,33 @@ async fn the_openapi_document_is_served_and_every_documented_route_answers() {
     let health = request(api.port, "GET", "/api/v1/health", None, &[], None).await;
     assert_eq!(health.status, 200);
     assert_eq!(health.json()["status"], "ok");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configuration_pushes_are_confined_to_the_callers_enterprises_and_checked() {
+    let api = start(AuthConfig::default()).await;
+    api.user("tech", Role::FieldTechnician, Some(&["ent-a"])).await;
+    api.user("boss", Role::ParkAdmin, None).await;
+    let tech = login(api.port, "tech", PASSWORD).await;
+    let boss = login(api.port, "boss", PASSWORD).await;
+    let doc = |gw: &str, ent: &str| serde_json::json!({ "toml": format!("[gateway]\nid = \"{gw}\"\nenterprise = \"{ent}\"\nkey_file = \"k\"\n") });
+    let a = api.post("/api/v1/gateways/gw-b/config", Some(&tech), doc("gw-b", "ent-b")).await;
+    assert_eq!(a.status, 404, "another enterprise's gateway does not exist for the technician: {}", a.body);
+    let a = api.get("/api/v1/gateways/gw-b/config", &tech).await;
+    assert_eq!(a.status, 404, "{}", a.body);
+    let a = api.post("/api/v1/gateways/gw-a/config", Some(&tech), doc("gw-b", "ent-a")).await;
+    assert_eq!(a.status, 400, "a file naming another gateway is refused: {}", a.body);
+    assert!(a.body.contains("gw-b"), "{}", a.body);
+    let a = api.post("/api/v1/gateways/gw-a/config", Some(&tech), doc("gw-a", "ent-a")).await;
+    assert_eq!(a.status, 202, "{}", a.body);
+    assert_eq!(a.json()["version"], 1);
+    let a = api.post("/api/v1/gateways/gw-a/config", Some(&boss), doc("gw-a", "ent-a")).await;
+    assert_eq!(a.json()["version"], 2, "versions count up per gateway");
+    let list = api.get("/api/v1/gateways/gw-a/config", &boss).await.json();
+    let statuses: Vec<&str> = list["items"].as_array().unwrap().iter().map(|i| i["status"].as_str().unwrap()).collect();
+    assert_eq!(statuses, ["sent", "superseded"], "newest first; an unanswered older push is superseded");
+    let one = api.get("/api/v1/gateways/gw-a/config/1", &tech).await.json();
+    assert_eq!(one["pushed_by"], "tech");
+    assert!(one["toml"].as_str().unwrap().contains("id = \"gw-a\""));
+    assert_eq!(api.get("/api/v1/gateways/gw-a/config/9", &tech).await.status, 404);
 }

@@ -20,6 +20,14 @@ pub enum CommandAction {
         /// The ranges.
         ranges: Vec<SeqRange>,
     },
+    /// Validate this gateway configuration (the whole TOML file) and, if it is valid, install it in
+    /// place of the running one, keeping the old one to roll back to.
+    ApplyConfig {
+        /// Central's version of this gateway's configuration; only a newer one than running applies.
+        version: u64,
+        /// The configuration file's text.
+        toml: String,
+    },
 }
 
 /// A signed command.

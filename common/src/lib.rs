@@ -19,5 +19,7 @@ pub use command::{Command, CommandAction, CommandError};
 pub use envelope::{Algorithm, EnvelopeError, KeyId, Kind, PublicKey, SigningKey};
 pub use event::{Event, EventKind, GasDetection};
 pub use point::{ClockQuality, EnterpriseId, GatewayId, PointId, Quality, Sample, Severity, TimeSource, Value};
-pub use state::{GatewayState, SpoolReport, StateError};
+pub use state::{
+    ConfigReport, GatewayState, PushOutcome, PushResult, SpoolReport, StateError, UpdateRecord, UpdateReport,
+};
 pub use topic::{Channel, Topic, TopicError};

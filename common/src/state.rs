@@ -20,6 +20,71 @@ pub struct SpoolReport {
     pub dropped: DropCounters,
 }
 
+/// The configuration a gateway runs, and what became of the last configuration central pushed.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ConfigReport {
+    /// Version of the running configuration: 0 for the file installed on the gateway, else the
+    /// version central gave the push it came from.
+    pub running: u64,
+    /// SHA-256 of the running configuration file.
+    pub sha256: [u8; 32],
+    /// The last push the gateway handled, if any.
+    pub last_push: Option<PushOutcome>,
+}
+
+/// What a gateway did with one pushed configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushOutcome {
+    /// The push's version.
+    pub version: u64,
+    /// When this outcome was reached, UTC ms.
+    pub ts_ms: i64,
+    /// The outcome.
+    pub result: PushResult,
+}
+
+/// The outcome of a configuration push.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PushResult {
+    /// Installed; the agent runs it and waits to reach central before keeping it.
+    OnTrial,
+    /// Running, and kept: the agent reached central with it.
+    Applied,
+    /// Refused before anything changed; the text is the exact validation error.
+    Rejected(String),
+    /// Installed, then replaced by the previous configuration; the text says why.
+    RolledBack(String),
+}
+
+/// The agent version a gateway runs as installed by signed updates, and its recent update history.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct UpdateReport {
+    /// Version of the installed bundle running (`None`: the agent the package installed).
+    pub installed: Option<String>,
+    /// Version on trial (installed, not yet committed), if any.
+    pub on_trial: Option<String>,
+    /// The last update history records (at most [`UpdateReport::MAX_HISTORY`]), oldest first.
+    pub history: Vec<UpdateRecord>,
+}
+
+impl UpdateReport {
+    /// Most history records a state message carries.
+    pub const MAX_HISTORY: usize = 8;
+}
+
+/// One line of a gateway's update history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateRecord {
+    /// When, UTC ms (gateway clock).
+    pub ts_ms: i64,
+    /// `installed`, `committed`, `rolled_back`, `abandoned`.
+    pub event: String,
+    /// The version concerned.
+    pub version: String,
+    /// Why, in words.
+    pub detail: String,
+}
+
 /// Birth (`online`) or death (`!online`) of a gateway's uplink.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GatewayState {
@@ -37,6 +102,10 @@ pub struct GatewayState {
     pub version: String,
     /// Spool figures.
     pub spool: SpoolReport,
+    /// Running configuration and the last push's outcome.
+    pub config: ConfigReport,
+    /// Installed agent version and update history.
+    pub update: UpdateReport,
 }
 
 /// Why a state message was refused.

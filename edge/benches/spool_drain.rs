@@ -187,12 +187,18 @@ async fn main() {
         window: 64,
         backfill_batches_per_s: 1000,
         resend_after_s: 20,
+        config_trial_s: 120,
     };
     let enterprise = vigil_common::EnterpriseId::new(support::ENTERPRISE).unwrap();
     let uplink =
         Uplink::new(config, &enterprise, &gateway, key.clone(), spool.clone(), online.clone(), stored.clone()).unwrap();
     let batcher = Batcher::new(
-        BatcherConfig { gateway: gateway.clone(), max_age: Duration::from_millis(1000), max_samples: 5000 },
+        BatcherConfig {
+            gateway: gateway.clone(),
+            max_age: Duration::from_millis(1000),
+            max_samples: 5000,
+            urgent: Default::default(),
+        },
         key,
         spool.clone(),
         online.clone(),

@@ -12,8 +12,9 @@ use vigil_common::{ClockQuality, Event, EventKind, TimeSource};
 use vigil_hw::{CdevIo, DigitalIo, LinuxWatchdog, Supervisor, Watchdog};
 
 use crate::config::Plant;
+use crate::config_push::ConfigPush;
 use crate::site::{Annunciator, SharedIo};
-use crate::spool::{Batcher, BatcherConfig, OpenOutcome, SledSpool, now_ms};
+use crate::spool::{Batcher, BatcherConfig, OpenOutcome, SledSpool, UrgentPoints, now_ms};
 use crate::uplink::Uplink;
 
 /// Capacity of the channels between the sources, the annunciator and the batcher.
@@ -47,15 +48,34 @@ impl Hardware {
     }
 }
 
-/// Runs the agent on a validated configuration until `shutdown` turns true.
-pub async fn run(plant: Arc<Plant>, shutdown: watch::Receiver<bool>) -> Result<()> {
-    let hardware = Hardware::open(&plant.config.hardware)?;
-    run_with(plant, shutdown, hardware).await
+/// How a run of the agent ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// `stop` turned true.
+    Stopped,
+    /// A pushed configuration was installed or rolled back: load the file again and run on it.
+    Restart,
 }
 
-/// Runs the agent with the given hardware until `shutdown` turns true.
-pub async fn run_with(plant: Arc<Plant>, shutdown: watch::Receiver<bool>, hardware: Hardware) -> Result<()> {
+/// Runs the agent on a validated configuration until `stop` turns true or a pushed configuration
+/// asks for a restart.
+pub async fn run(plant: Arc<Plant>, stop: watch::Receiver<bool>) -> Result<Exit> {
+    let hardware = Hardware::open(&plant.config.hardware)?;
+    run_with(plant, stop, hardware).await
+}
+
+/// Runs the agent with the given hardware until `stop` turns true or a restart is asked for.
+pub async fn run_with(plant: Arc<Plant>, stop: watch::Receiver<bool>, hardware: Hardware) -> Result<Exit> {
     let config = &plant.config;
+    let pushes = Arc::new(ConfigPush::open(&plant.file).context("configuration push status")?);
+    let (shutdown_tx, shutdown) = watch::channel(false);
+    let stopper = tokio::spawn({
+        let restart = pushes.restart_requested();
+        async move {
+            until_stop_or_restart(stop, restart).await;
+            let _ = shutdown_tx.send(true);
+        }
+    });
     let key = vigil_common::keyfile::load(&config.gateway.key_file).context("gateway signing key")?;
     let (spool, outcome) =
         SledSpool::open(&config.spool.path, config.spool.budget_bytes).context("opening the spool")?;
@@ -68,6 +88,7 @@ pub async fn run_with(plant: Arc<Plant>, shutdown: watch::Receiver<bool>, hardwa
         gateway: config.gateway.id.clone(),
         max_age: Duration::from_millis(config.spool.batch_max_age_ms.max(10)),
         max_samples: config.spool.batch_max_samples.max(1),
+        urgent: UrgentPoints::new(&config.spool.urgent_points),
     };
     let mut batcher = Batcher::new(batcher_config, key.clone(), spool.clone(), online.clone(), stored.clone());
     batcher.set_heartbeat(supervisor.register("batcher", MAX_LOOP_SILENCE));
@@ -98,6 +119,7 @@ pub async fn run_with(plant: Arc<Plant>, shutdown: watch::Receiver<bool>, hardwa
             )
             .context("uplink configuration")?;
             u.set_heartbeat(supervisor.register("uplink", MAX_LOOP_SILENCE));
+            u.set_config_push(pushes.clone(), plant.clone());
             Some(u)
         }
         None => None,
@@ -105,6 +127,32 @@ pub async fn run_with(plant: Arc<Plant>, shutdown: watch::Receiver<bool>, hardwa
 
     // Sources -> (annunciator) -> batcher.
     let (batch_tx, batch_rx) = mpsc::channel(RECORD_CHANNEL);
+    let acquisition_metrics = Arc::new(crate::sources::Metrics::default());
+    // The status page sees every record on its way to the batcher through a pass-through tap.
+    let (batch_tx, status_tasks) = match &config.status {
+        Some(status) => {
+            let stats_of = spool.clone();
+            let handles = crate::status::Handles {
+                spool: Box::new(move || {
+                    crate::spool::Spool::stats(&*stats_of.lock().unwrap_or_else(|p| p.into_inner()))
+                }),
+                online: online.clone(),
+                uplink: uplink.as_ref().map(|u| u.metrics()),
+                batcher: batcher.metrics(),
+                acquisition: acquisition_metrics.clone(),
+            };
+            let board = Arc::new(crate::status::Board::new(&plant, status.events, handles));
+            let (tap_tx, tap_rx) = mpsc::channel(RECORD_CHANNEL);
+            let tasks = [
+                tokio::spawn(crate::status::tap(board.clone(), tap_rx, batch_tx)),
+                tokio::spawn(crate::status::serve(status.clone(), board, shutdown.clone())),
+            ];
+            (tap_tx, Some(tasks))
+        }
+        None => (batch_tx, None),
+    };
+    // The launcher judges an update on trial by this file (nothing is written without a launcher).
+    let health_task = tokio::spawn(crate::update::health::report(online.clone(), batcher.metrics(), shutdown.clone()));
     let batcher_task = tokio::spawn(batcher.run(batch_rx));
     let io: Option<SharedIo> = hardware.io.map(|io| Arc::new(Mutex::new(io)));
     let (tx, annunciator_task) = match (&io, config.local_alarm.is_empty()) {
@@ -144,11 +192,15 @@ pub async fn run_with(plant: Arc<Plant>, shutdown: watch::Receiver<bool>, hardwa
         );
         tokio::spawn(crate::sources::camera::run(Arc::new(hub), shutdown.clone()))
     });
-    let metrics = Arc::new(crate::sources::Metrics::default());
+    let metrics = acquisition_metrics;
     let acquisition_task = (!plant.devices.is_empty())
         .then(|| tokio::spawn(crate::sources::run_acquisition(plant.clone(), tx.clone(), shutdown.clone(), metrics)));
     drop(tx);
     let uplink_task = uplink.map(|u| tokio::spawn(u.run(shutdown.clone())));
+    let trial_task = config.uplink.as_ref().map(|up| {
+        let window = Duration::from_secs(up.config_trial_s);
+        tokio::spawn(pushes.clone().watch_trial(online.clone(), window, shutdown.clone()))
+    });
     let watchdog_task = hardware.watchdog.map(|wd| tokio::spawn(supervise(supervisor, wd, shutdown.clone())));
     tracing::info!(gateway = %config.gateway.id, "agent running");
 
@@ -179,14 +231,39 @@ pub async fn run_with(plant: Arc<Plant>, shutdown: watch::Receiver<bool>, hardwa
         let _ = t.await;
     }
     let _ = batcher_task.await;
+    let _ = health_task.await;
+    for t in status_tasks.into_iter().flatten() {
+        let _ = t.await;
+    }
     if let Some(t) = uplink_task {
         let _ = t.await;
     }
     if let Some(t) = watchdog_task {
         let _ = t.await;
     }
+    if let Some(t) = trial_task {
+        let _ = t.await;
+    }
+    stopper.abort();
+    if pushes.restarting() {
+        tracing::info!("agent stopped to restart on another configuration");
+        return Ok(Exit::Restart);
+    }
     tracing::info!("agent stopped");
-    Ok(())
+    Ok(Exit::Stopped)
+}
+
+/// Resolves once `stop` turns true (or its sender is gone) or a restart is requested.
+async fn until_stop_or_restart(mut stop: watch::Receiver<bool>, mut restart: watch::Receiver<bool>) {
+    loop {
+        if *stop.borrow() || *restart.borrow() {
+            return;
+        }
+        tokio::select! {
+            r = stop.changed() => if r.is_err() { return },
+            r = restart.changed() => if r.is_err() { return },
+        }
+    }
 }
 
 /// Kicks the watchdog every second while every supervised loop beats; disables it on shutdown.

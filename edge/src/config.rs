@@ -48,9 +48,17 @@ pub struct Config {
     /// Field devices.
     #[serde(default)]
     pub devices: Vec<DeviceConfig>,
+    /// OPC UA servers and the points read from them.
+    #[serde(default)]
+    pub opcua: Vec<crate::sources::opcua::config::OpcuaDeviceConfig>,
     /// Static-levelling lines (settlement derived from levelling sensor readings).
     #[serde(default)]
     pub levelling: Vec<LevellingConfig>,
+    /// Signed updates: agent root, trusted release keys, trial window.
+    #[serde(default)]
+    pub update: crate::update::UpdateConfig,
+    /// The local status page; absent: no page.
+    pub status: Option<crate::status::StatusConfig>,
 }
 
 /// The `[gateway]` section.
@@ -483,6 +491,11 @@ pub enum Transport {
         /// Bus index.
         bus: usize,
     },
+    /// OPC UA server `index` in [`Plant::opcua`].
+    Opcua {
+        /// Index into [`Plant::opcua`].
+        index: usize,
+    },
 }
 
 /// A resolved device.
@@ -553,6 +566,8 @@ pub struct Plant {
     pub levelling: Vec<LevellingLine>,
     /// Gas cameras with their models.
     pub cameras: Vec<crate::sources::camera::Camera>,
+    /// OPC UA server connections (devices with [`Transport::Opcua`]).
+    pub opcua: Vec<crate::sources::opcua::config::OpcuaDevice>,
 }
 
 impl Plant {
@@ -570,19 +585,20 @@ fn err(file: &Path, key: impl Into<String>, problem: impl Into<String>) -> Confi
 pub fn load(path: &Path) -> Result<Plant, ConfigErrors> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfigErrors(vec![err(path, "(file)", format!("cannot read: {e}"))]))?;
-    let config: Config = toml::from_str(&text).map_err(|e| ConfigErrors(vec![toml_error(path, &e)]))?;
+    load_text(&text, path)
+}
+
+/// Parses and validates `text` as if it were the file at `path` (which anchors the profile
+/// directory and names the file in errors), without reading or writing that file.
+pub fn load_text(text: &str, path: &Path) -> Result<Plant, ConfigErrors> {
+    let config: Config = toml::from_str(text).map_err(|e| ConfigErrors(vec![toml_error(path, text, &e)]))?;
     resolve(config, path)
 }
 
-fn toml_error(path: &Path, e: &toml::de::Error) -> ConfigError {
+fn toml_error(path: &Path, text: &str, e: &toml::de::Error) -> ConfigError {
     let key = match e.span() {
-        Some(span) => {
-            // toml reports a byte span; name the line so the technician finds it.
-            let line = std::fs::read_to_string(path)
-                .map(|t| t[..span.start.min(t.len())].matches('\n').count() + 1)
-                .unwrap_or(0);
-            format!("line {line}")
-        }
+        // toml reports a byte span; name the line so the technician finds it.
+        Some(span) => format!("line {}", text[..span.start.min(text.len())].matches('\n').count() + 1),
         None => "(document)".into(),
     };
     err(path, key, e.message().trim().to_string())
@@ -855,6 +871,43 @@ pub fn resolve(config: Config, path: &Path) -> Result<Plant, ConfigErrors> {
         });
     }
 
+    // OPC UA servers: devices and points like any other, so levelling and alarms can use them.
+    let mut opcua = Vec::new();
+    for (oi, d) in config.opcua.iter().enumerate() {
+        let okey = format!("opcua[{oi}]");
+        if !names.insert(d.name.clone()) {
+            errors.push(err(path, format!("{okey}.name"), format!("duplicate device name {:?}", d.name)));
+        }
+        let (resolved, problems) = crate::sources::opcua::config::resolve(
+            path,
+            &okey,
+            d,
+            devices.len(),
+            points.len(),
+            opcua.len(),
+            acq,
+            config.gateway.id.as_str(),
+        );
+        for (key, problem) in problems {
+            errors.push(err(path, key, problem));
+        }
+        if let Some(r) = resolved {
+            for (pi, spec) in r.points.into_iter().enumerate() {
+                let where_ = format!("{} {okey}.points[{pi}]", path.display());
+                if let Some(prev) = ids.insert(spec.id.to_string(), where_) {
+                    errors.push(err(
+                        path,
+                        format!("{okey}.points[{pi}].id"),
+                        format!("duplicate point id {:?} (also defined at {prev})", spec.id.as_str()),
+                    ));
+                }
+                points.push(spec);
+            }
+            devices.push(r.device);
+            opcua.push(r.opcua);
+        }
+    }
+
     // Levelling lines.
     let mut levelling = Vec::new();
     let mut line_names = HashSet::new();
@@ -937,6 +990,12 @@ pub fn resolve(config: Config, path: &Path) -> Result<Plant, ConfigErrors> {
     for (key, problem) in config.spool.problems() {
         errors.push(err(path, format!("spool.{key}"), problem));
     }
+    for (key, problem) in config.update.problems() {
+        errors.push(err(path, format!("update.{key}"), problem));
+    }
+    for (key, problem) in config.status.iter().flat_map(|s| s.problems()) {
+        errors.push(err(path, format!("status.{key}"), problem));
+    }
     if let Some(uplink) = &config.uplink {
         for (key, problem) in uplink.problems() {
             errors.push(err(path, format!("uplink.{key}"), problem));
@@ -946,7 +1005,16 @@ pub fn resolve(config: Config, path: &Path) -> Result<Plant, ConfigErrors> {
     if !errors.is_empty() {
         return Err(ConfigErrors(errors));
     }
-    Ok(Plant { buses: config.buses.clone(), config, file: path.to_path_buf(), devices, points, levelling, cameras })
+    Ok(Plant {
+        buses: config.buses.clone(),
+        config,
+        file: path.to_path_buf(),
+        devices,
+        points,
+        levelling,
+        cameras,
+        opcua,
+    })
 }
 
 fn load_profile(dir: &Path, name: &str) -> Result<ProfileFile, String> {
@@ -957,7 +1025,7 @@ fn load_profile(dir: &Path, name: &str) -> Result<ProfileFile, String> {
     let text = std::fs::read_to_string(&file)
         .map_err(|e| format!("unknown profile {name:?}: cannot read {}: {e}", file.display()))?;
     toml::from_str(&text).map_err(|e| {
-        let ce = toml_error(&file, &e);
+        let ce = toml_error(&file, &text, &e);
         format!("profile {name:?} is invalid: {ce}")
     })
 }

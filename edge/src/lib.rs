@@ -8,10 +8,13 @@ use vigil_common::{Event, PointId, Sample};
 
 pub mod agent;
 pub mod config;
+pub mod config_push;
 pub mod pipeline;
 pub mod site;
 pub mod sources;
 pub mod spool;
+pub mod status;
+pub mod update;
 pub mod uplink;
 
 /// What the pipeline hands to the batcher: a sample of a point, or an event.

@@ -80,6 +80,11 @@ enum Command {
         #[command(subcommand)]
         what: ScanWhat,
     },
+    /// OPC UA tools for technicians.
+    Opcua {
+        #[command(subcommand)]
+        what: OpcuaWhat,
+    },
     /// Run acquisition alone for a while, discarding the records, and print counters, CPU time and
     /// peak memory (commissioning and benchmarks).
     Acquire {
@@ -89,6 +94,30 @@ enum Command {
         #[arg(long, default_value_t = 60)]
         seconds: u64,
     },
+    /// Signed update bundles: make release keys and bundles, verify, apply (A/B, on trial), status.
+    Update {
+        #[command(subcommand)]
+        what: vigil_edge::update::cli::UpdateCommand,
+    },
+    /// What the service runs: starts the installed (`current`) agent version, commits an update
+    /// once it is healthy, rolls it back when it is not.
+    Launch(vigil_edge::update::cli::LaunchArgs),
+    /// Fetch the local status page's JSON and print a compact summary (password from
+    /// VIGIL_STATUS_PASSWORD or the first line of stdin).
+    Status {
+        /// The status page, http://HOST:PORT (`[status] listen`).
+        #[arg(long, default_value = "http://127.0.0.1:8081")]
+        url: String,
+        /// The user (`[status] user`).
+        #[arg(long, default_value = "technician")]
+        user: String,
+        /// Print the JSON instead of the summary.
+        #[arg(long)]
+        json: bool,
+        /// Instead: read a password from stdin and print its Argon2 hash for `[status] password_hash`.
+        #[arg(long)]
+        hash_password: bool,
+    },
 }
 
 #[derive(Args)]
@@ -96,6 +125,55 @@ struct ConfigArg {
     /// The gateway configuration file.
     #[arg(long)]
     config: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum OpcuaWhat {
+    /// List the address space under a node (node ids ready for the configuration, current values).
+    Browse(BrowseArgs),
+    /// Trust a server certificate (DER or PEM; e.g. one the agent wrote to rejected/).
+    Trust {
+        /// The gateway's OPC UA PKI directory (`pki_dir` of the `[[opcua]]` entry).
+        #[arg(long, default_value = "opcua-pki")]
+        pki_dir: PathBuf,
+        /// The server certificate file.
+        #[arg(long)]
+        cert: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct BrowseArgs {
+    /// Server endpoint, opc.tcp://HOST:PORT[/PATH].
+    #[arg(long)]
+    endpoint: String,
+    /// Start node (default: the Objects folder, i=85).
+    #[arg(long, default_value = "i=85")]
+    node: String,
+    /// Levels to descend.
+    #[arg(long, default_value_t = 3)]
+    depth: u32,
+    /// Security policy: None or Basic256Sha256.
+    #[arg(long, default_value = "None")]
+    security_policy: String,
+    /// Security mode: None, Sign or SignAndEncrypt.
+    #[arg(long, default_value = "None")]
+    security_mode: String,
+    /// PKI directory of the gateway (its certificate, trusted/ and rejected/ server certificates).
+    #[arg(long, default_value = "opcua-pki")]
+    pki_dir: PathBuf,
+    /// Trust the server's certificate without it being in trusted/ (commissioning only).
+    #[arg(long)]
+    trust_unknown_server: bool,
+    /// User name (password from --password or the VIGIL_OPCUA_PASSWORD environment variable).
+    #[arg(long)]
+    user: Option<String>,
+    /// Password for --user.
+    #[arg(long)]
+    password: Option<String>,
+    /// Timeout per request in ms.
+    #[arg(long, default_value_t = 5000)]
+    timeout_ms: u64,
 }
 
 #[derive(Subcommand)]
@@ -139,7 +217,11 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     if !matches!(cli.command, Command::Keygen { .. } | Command::Pubkey { .. } | Command::Enroll { .. }) {
         // The agent reports its life at info; the technician commands stay quiet unless asked.
-        tracing_subscriber_init(if matches!(cli.command, Command::Run { .. }) { "info" } else { "warn" });
+        tracing_subscriber_init(if matches!(cli.command, Command::Run { .. } | Command::Launch(_)) {
+            "info"
+        } else {
+            "warn"
+        });
     }
     match cli.command {
         Command::Run { config } => run(&config)?,
@@ -171,12 +253,52 @@ fn main() -> Result<()> {
             }
         }
         Command::Scan { what: ScanWhat::Modbus(a) } => runtime()?.block_on(scan(a))?,
+        Command::Opcua { what: OpcuaWhat::Browse(a) } => runtime()?.block_on(opcua_browse(a))?,
+        Command::Opcua { what: OpcuaWhat::Trust { pki_dir, cert } } => {
+            let path = vigil_edge::sources::opcua::trust_certificate(&pki_dir, &cert).map_err(|e| anyhow!("{e}"))?;
+            println!("{}", path.display());
+        }
         Command::Acquire { config, seconds } => {
             let plant = load(&config.config)?;
             runtime()?.block_on(acquire(plant, Duration::from_secs(seconds)))?;
         }
+        Command::Update { what } => vigil_edge::update::cli::run(what)?,
+        Command::Status { url, user, json, hash_password } => status(&url, &user, json, hash_password)?,
+        Command::Launch(args) => {
+            let code = vigil_edge::update::cli::launch(args).context("launcher")?;
+            std::process::exit(code);
+        }
     }
     Ok(())
+}
+
+fn status(url: &str, user: &str, json: bool, hash_password: bool) -> Result<()> {
+    let password = match std::env::var("VIGIL_STATUS_PASSWORD") {
+        Ok(p) if !hash_password => p,
+        _ => {
+            if hash_password {
+                eprintln!("password (one line on stdin):");
+            }
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line).context("reading the password from stdin")?;
+            line.trim_end_matches(['\r', '\n']).to_owned()
+        }
+    };
+    if hash_password {
+        if password.len() < 8 {
+            bail!("use a password of at least 8 characters");
+        }
+        let hash = vigil_edge::status::hash_password(&password).map_err(|e| anyhow!("hashing: {e}"))?;
+        return emit(&format!("{hash}\n"));
+    }
+    let s = runtime()?
+        .block_on(vigil_edge::status::fetch(url, user, &password, Duration::from_secs(10)))
+        .context("fetching the status")?;
+    if json {
+        emit(&(serde_json::to_string_pretty(&s).context("printing JSON")? + "\n"))
+    } else {
+        emit(&vigil_edge::status::summary_text(&s))
+    }
 }
 
 fn tracing_subscriber_init(default_level: &str) {
@@ -231,6 +353,7 @@ fn check(plant: &Plant) -> Result<()> {
         let at = match &d.transport {
             Transport::Tcp { host, port } => format!("tcp {host}:{port}"),
             Transport::Rtu { bus } => format!("rtu {}", plant.buses[*bus].name),
+            Transport::Opcua { index } => vigil_edge::sources::opcua::describe(&plant.opcua[*index]),
         };
         let _ = writeln!(
             o,
@@ -242,6 +365,25 @@ fn check(plant: &Plant) -> Result<()> {
             d.timeout.as_millis(),
             d.retries
         );
+        if let Transport::Opcua { index } = &d.transport {
+            for item in &plant.opcua[*index].items {
+                let _ = writeln!(
+                    o,
+                    "  node {} -> {} every {} ms queue {}{}",
+                    item.node,
+                    plant.points[item.point].id,
+                    item.sampling.as_millis(),
+                    item.queue_size,
+                    match item.deadband {
+                        Some(vigil_edge::sources::opcua::config::ServerDeadband::Absolute(v)) =>
+                            format!(" deadband {v}"),
+                        Some(vigil_edge::sources::opcua::config::ServerDeadband::Percent(v)) =>
+                            format!(" deadband {v}%"),
+                        None => String::new(),
+                    }
+                );
+            }
+        }
         for r in &d.requests {
             let _ = writeln!(
                 o,
@@ -366,6 +508,62 @@ async fn scan(a: ScanArgs) -> Result<()> {
     Ok(())
 }
 
+async fn opcua_browse(a: BrowseArgs) -> Result<()> {
+    use std::fmt::Write as _;
+    use vigil_edge::sources::opcua::{browse, config};
+    let q = |s: &str| format!("{s:?}");
+    // The same validation as the configuration file, so a browse that works means a device that works.
+    let mut toml = format!(
+        "name = \"browse\"\nendpoint = {}\nsecurity_policy = {}\nsecurity_mode = {}\ntimeout_ms = {}\ntrust_unknown_server = {}\n",
+        q(&a.endpoint),
+        q(&a.security_policy),
+        q(&a.security_mode),
+        a.timeout_ms,
+        a.trust_unknown_server
+    );
+    if let Some(u) = &a.user {
+        let pw = match &a.password {
+            Some(p) => p.clone(),
+            None => std::env::var("VIGIL_OPCUA_PASSWORD").context("--user needs --password or VIGIL_OPCUA_PASSWORD")?,
+        };
+        let _ = write!(toml, "user = {}\npassword = {}\n", q(u), q(&pw));
+    }
+    let _ = write!(toml, "[[points]]\nid = \"start\"\nnode = {}\n", q(&a.node));
+    let cfg: config::OpcuaDeviceConfig =
+        toml::from_str(&toml).map_err(|e| anyhow!("--security-policy/--security-mode: {}", e.message()))?;
+    let pki = std::env::current_dir().context("working directory")?.join(&a.pki_dir);
+    let here = pki.parent().unwrap_or(Path::new(".")).join("browse.toml");
+    let mut cfg = cfg;
+    cfg.pki_dir = Some(pki.clone());
+    let (resolved, problems) = config::resolve(&here, "opcua", &cfg, 0, 0, 0, &Default::default(), "technician");
+    if let Some((k, p)) = problems.first() {
+        bail!("{}: {p}", k.replace("opcua.points[0].node", "--node").replace("opcua.", "--"));
+    }
+    let Some(r) = resolved else { bail!("invalid arguments") };
+    let start = r.opcua.items[0].node.clone();
+    let report = browse::browse(&r.opcua, &start, a.depth.min(32)).await.map_err(|e| anyhow!("{e}"))?;
+    let mut o = String::new();
+    let _ = writeln!(o, "endpoints: {}", report.endpoints.join(", "));
+    for (i, u) in &report.namespaces {
+        let _ = writeln!(o, "ns={i} {u}");
+    }
+    for l in &report.lines {
+        let _ = writeln!(
+            o,
+            "{}{} [{}] {}{}",
+            "  ".repeat(l.depth.saturating_sub(1) as usize),
+            l.browse_name,
+            l.class,
+            l.node,
+            l.value.as_ref().map(|v| format!(" = {v}")).unwrap_or_default()
+        );
+    }
+    if report.truncated {
+        let _ = writeln!(o, "(listing stopped at {} nodes; browse a deeper --node)", browse::MAX_NODES);
+    }
+    emit(&o)
+}
+
 fn proc_figures() -> (f64, u64) {
     // /proc/self/stat fields 14 and 15 are user and system time in USER_HZ (100 on Linux).
     let cpu = std::fs::read_to_string("/proc/self/stat")
@@ -417,21 +615,37 @@ async fn acquire(plant: Plant, duration: Duration) -> Result<()> {
 }
 
 fn run(path: &Path) -> Result<()> {
-    let plant = Arc::new(load(path)?);
+    use vigil_edge::agent::Exit;
+    use vigil_edge::config_push::roll_back_unloadable;
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().context("tokio runtime")?;
     runtime.block_on(async {
         let (stop, shutdown) = tokio::sync::watch::channel(false);
         let mut term =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("SIGTERM handler")?;
-        let mut agent = tokio::spawn(vigil_edge::agent::run(plant, shutdown));
-        tokio::select! {
-            finished = &mut agent => return finished.context("agent task")?,
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+        // Each turn runs one configuration file; a pushed one (or its rollback) ends the turn.
+        loop {
+            let plant = match load(path) {
+                Ok(p) => Arc::new(p),
+                Err(e) if roll_back_unloadable(path, &format!("{e:#}"))? => continue,
+                Err(e) => return Err(e),
+            };
+            let mut agent = tokio::spawn(vigil_edge::agent::run(plant, shutdown.clone()));
+            let finished = tokio::select! {
+                finished = &mut agent => Some(finished.context("agent task")?),
+                _ = tokio::signal::ctrl_c() => None,
+                _ = term.recv() => None,
+            };
+            match finished {
+                Some(Ok(Exit::Restart)) => continue,
+                Some(Ok(Exit::Stopped)) => return Ok(()),
+                Some(Err(e)) if roll_back_unloadable(path, &format!("{e:#}"))? => continue,
+                Some(Err(e)) => return Err(e),
+                None => {}
+            }
+            tracing::info!("stopping");
+            let _ = stop.send(true);
+            return agent.await.context("agent task")?.map(|_| ());
         }
-        tracing::info!("stopping");
-        let _ = stop.send(true);
-        agent.await.context("agent task")?
     })
 }

@@ -505,7 +505,12 @@ async fn detections_with_large_snapshots_are_spooled_in_batches_that_fit_the_env
     let spool = Arc::new(std::sync::Mutex::new(spool));
     let key = vigil_common::SigningKey::generate().unwrap();
     let batcher = Batcher::new(
-        BatcherConfig { gateway: gateway_id(), max_age: Duration::from_millis(100), max_samples: 5000 },
+        BatcherConfig {
+            gateway: gateway_id(),
+            max_age: Duration::from_millis(100),
+            max_samples: 5000,
+            urgent: Default::default(),
+        },
         key.clone(),
         spool.clone(),
         Arc::new(AtomicBool::new(true)),

@@ -13,12 +13,17 @@ use vigil_common::{EventKind, Priority};
 use vigil_edge::spool::{SledSpool, Spool};
 use vigil_tools::faultproxy::FaultProxy;
 
-fn start_agent(plant: vigil_edge::config::Plant) -> (watch::Sender<bool>, tokio::task::JoinHandle<anyhow::Result<()>>) {
+fn start_agent(
+    plant: vigil_edge::config::Plant,
+) -> (watch::Sender<bool>, tokio::task::JoinHandle<anyhow::Result<vigil_edge::agent::Exit>>) {
     let (stop, shutdown) = watch::channel(false);
     (stop, tokio::spawn(vigil_edge::agent::run(std::sync::Arc::new(plant), shutdown)))
 }
 
-async fn stop_agent(stop: watch::Sender<bool>, agent: tokio::task::JoinHandle<anyhow::Result<()>>) {
+async fn stop_agent(
+    stop: watch::Sender<bool>,
+    agent: tokio::task::JoinHandle<anyhow::Result<vigil_edge::agent::Exit>>,
+) {
     stop.send(true).unwrap();
     tokio::time::timeout(Duration::from_secs(10), agent).await.expect("agent stops").unwrap().unwrap();
 }

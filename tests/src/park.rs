@@ -387,6 +387,8 @@ key_file = "{key}"
 [spool]
 path = "{spool}"
 batch_max_age_ms = 500
+# Tank levels and gas concentrations carry alarm limits: they go out as soon as they are read.
+urgent_points = ["*.level", "GDS*.conc"]
 
 [system]
 interval_ms = 1000

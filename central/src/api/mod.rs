@@ -5,6 +5,7 @@
 pub mod alarms;
 pub mod auth;
 pub mod calllog;
+pub mod configs;
 pub mod enrolments;
 pub mod evidence;
 pub mod history;
@@ -60,6 +61,8 @@ pub struct ApiState {
     pub calls: calllog::CallLog,
     /// What gateways last reported about themselves.
     pub gateways: resources::GatewayStatus,
+    /// Configuration pushes, when central has an MQTT client to send them with.
+    pub pushes: Option<crate::config_push::ConfigPushes>,
     /// Limits and cookie settings.
     pub settings: Arc<ApiConfig>,
     /// When this process started, UTC ms.
@@ -98,6 +101,7 @@ impl ApiState {
             registry,
             calls,
             gateways: resources::GatewayStatus::default(),
+            pushes: None,
             settings: Arc::new(settings),
             started_ms: crate::ingest::now_ms(),
         })
@@ -203,6 +207,7 @@ pub fn router(state: ApiState) -> Router {
         .merge(alarms::routes())
         .merge(evidence::routes())
         .merge(enrolments::routes())
+        .merge(configs::routes())
         .merge(openapi::routes())
         .merge(crate::ui::routes(state.settings.park_layout.clone()))
         .fallback(no_route)

@@ -8,7 +8,7 @@ use axum::routing::get;
 use serde_json::{Value, json};
 
 use super::auth::{MANAGE_USERS, READ_DATA, READ_LOGS, Role};
-use super::{ApiState, alarms, enrolments};
+use super::{ApiState, alarms, configs, enrolments};
 
 /// Who may call an operation.
 #[derive(Debug, Clone, Copy)]
@@ -188,6 +188,36 @@ pub const OPERATIONS: &[Operation] = &[
         &[("enterprise", "string", false), ("limit", "integer", false), ("cursor", "string", false)],
     ),
     op("get", "/api/v1/gateways/{id}", "resources", "One gateway", Access::Roles(READ_DATA), (200, "Gateway")),
+    with_body(
+        op(
+            "post",
+            "/api/v1/gateways/{id}/config",
+            "configuration",
+            "Push a configuration file to a gateway (signed, on down/cmd; validated and applied there)",
+            Access::Roles(configs::CONFIGURE),
+            (202, "ConfigPush"),
+        ),
+        "NewConfigPush",
+    ),
+    with_query(
+        op(
+            "get",
+            "/api/v1/gateways/{id}/config",
+            "configuration",
+            "The gateway's running configuration version and its pushes with their outcomes",
+            Access::Roles(READ_DATA),
+            (200, "ConfigPushes"),
+        ),
+        &[("limit", "integer", false)],
+    ),
+    op(
+        "get",
+        "/api/v1/gateways/{id}/config/{version}",
+        "configuration",
+        "One configuration push with its file",
+        Access::Roles(READ_DATA),
+        (200, "ConfigPushDocument"),
+    ),
     op("get", "/api/v1/health", "resources", "Whether central's parts answer", Access::Public, (200, "Health")),
     with_body(
         op(
@@ -441,12 +471,27 @@ fn schemas() -> Value {
         "Gateway": { "type": "object", "required": ["id", "enterprise", "keys"], "properties": {
             "id": { "type": "string" }, "enterprise": { "type": "string" }, "online": { "type": ["boolean", "null"] },
             "last_seen_ms": nullable_ms, "state_ms": nullable_ms, "agent_version": { "type": ["string", "null"] },
-            "config_version": { "type": ["string", "null"] },
+            "config_version": { "type": ["integer", "null"] },
+            "config_push": { "type": ["object", "null"], "properties": { "version": { "type": "integer" },
+                "status": { "type": "string" }, "detail": { "type": ["string", "null"] }, "ts_ms": { "type": "integer" } } },
             "spool_batches": { "type": ["array", "null"], "items": { "type": "integer" } },
             "spool_bytes": { "type": ["integer", "null"] }, "oldest_unacked_age_ms": { "type": ["integer", "null"] },
             "dropped": {}, "clock_offset_ms": { "type": ["integer", "null"] },
             "keys": { "type": "array", "items": { "type": "object" } } } },
         "GatewayPage": page("Gateway"),
+        "NewConfigPush": { "type": "object", "required": ["toml"], "additionalProperties": false,
+            "properties": { "toml": { "type": "string", "description": "The whole gateway configuration file" } } },
+        "ConfigPush": { "type": "object", "required": ["gateway", "version", "sha256", "pushed_by", "pushed_ms", "status"], "properties": {
+            "gateway": { "type": "string" }, "version": { "type": "integer" }, "sha256": { "type": "string" },
+            "pushed_by": { "type": "string" }, "pushed_ms": { "type": "integer" }, "sent_ms": { "type": ["integer", "null"] },
+            "status": { "type": "string", "enum": ["sent", "on_trial", "applied", "rejected", "rolled_back", "superseded"] },
+            "detail": { "type": ["string", "null"] }, "result_ms": { "type": ["integer", "null"] } } },
+        "ConfigPushes": { "type": "object", "required": ["gateway", "items"], "properties": {
+            "gateway": { "type": "string" }, "running_version": { "type": ["integer", "null"] },
+            "running_sha256": { "type": ["string", "null"] },
+            "items": { "type": "array", "items": { "$ref": "#/components/schemas/ConfigPush" } } } },
+        "ConfigPushDocument": { "allOf": [ { "$ref": "#/components/schemas/ConfigPush" },
+            { "type": "object", "required": ["toml"], "properties": { "toml": { "type": "string" } } } ] },
         "Point": { "type": "object", "required": ["key", "gateway", "point"], "properties": {
             "key": { "type": "string" }, "gateway": { "type": "string" }, "point": { "type": "string" },
             "enterprise": { "type": ["string", "null"] }, "unit": { "type": ["string", "null"] },

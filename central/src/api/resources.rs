@@ -43,6 +43,11 @@ impl GatewayStatus {
         }
     }
 
+    /// The configuration report of the gateway's last state.
+    pub fn config(&self, gateway: &str) -> Option<vigil_common::ConfigReport> {
+        self.get(gateway).map(|(s, _)| s.config)
+    }
+
     fn get(&self, gateway: &str) -> Option<(GatewayState, i64)> {
         self.states.read().unwrap_or_else(|p| p.into_inner()).get(gateway).cloned()
     }
@@ -63,8 +68,12 @@ pub struct GatewayView {
     pub state_ms: Option<i64>,
     /// Agent version it reported.
     pub agent_version: Option<String>,
-    /// Configuration version (not reported by gateways yet: always `null`).
-    pub config_version: Option<String>,
+    /// Version of the configuration it runs (0: the file installed on it, never pushed).
+    pub config_version: Option<u64>,
+    /// The last configuration push it handled: version and status.
+    pub config_push: Option<serde_json::Value>,
+    /// Installed agent version, version on trial and recent update history it reported.
+    pub agent_update: Option<serde_json::Value>,
     /// Unacknowledged batches in its spool (alarm/event, live, backfill).
     pub spool_batches: Option<[u64; 3]>,
     /// Bytes they take.
@@ -88,7 +97,12 @@ fn view(g: GatewayEntry, status: &GatewayStatus) -> GatewayView {
     GatewayView {
         online: state.as_ref().map(|(s, _)| s.online),
         agent_version: state.as_ref().map(|(s, _)| s.version.clone()),
-        config_version: None,
+        config_version: state.as_ref().map(|(s, _)| s.config.running),
+        config_push: state.as_ref().and_then(|(s, _)| s.config.last_push.as_ref()).map(|l| {
+            let (status, detail) = push_status(&l.result);
+            serde_json::json!({ "version": l.version, "status": status, "detail": detail, "ts_ms": l.ts_ms })
+        }),
+        agent_update: state.as_ref().and_then(|(s, _)| serde_json::to_value(&s.update).ok()),
         spool_batches: state.as_ref().map(|(s, _)| s.spool.batches),
         spool_bytes: state.as_ref().map(|(s, _)| s.spool.bytes),
         oldest_unacked_age_ms: state
@@ -101,6 +115,17 @@ fn view(g: GatewayEntry, status: &GatewayStatus) -> GatewayView {
         last_seen_ms: g.last_seen_ms,
         state_ms: g.state_ms,
         keys: g.keys,
+    }
+}
+
+/// A push outcome as the API names it.
+pub fn push_status(r: &vigil_common::PushResult) -> (&'static str, Option<&str>) {
+    use vigil_common::PushResult;
+    match r {
+        PushResult::OnTrial => ("on_trial", None),
+        PushResult::Applied => ("applied", None),
+        PushResult::Rejected(why) => ("rejected", Some(why.as_str())),
+        PushResult::RolledBack(why) => ("rolled_back", Some(why.as_str())),
     }
 }
 

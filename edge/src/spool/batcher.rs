@@ -3,12 +3,13 @@
 //! telemetry is sealed by size or age, as live while the uplink is up and as backfill while it is
 //! down.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, mpsc};
-use vigil_common::{BatchBuilder, ClockQuality, Event, EventKind, GatewayId, Priority, SigningKey};
+use vigil_common::{BatchBuilder, ClockQuality, Event, EventKind, GatewayId, PointId, Priority, SigningKey};
 
 use super::{Spool, SpoolError, StoredBatch};
 use crate::Record;
@@ -27,6 +28,52 @@ pub struct BatcherConfig {
     pub max_age: Duration,
     /// Seal telemetry once it holds this many samples.
     pub max_samples: usize,
+    /// Points whose samples seal the telemetry batch at once.
+    pub urgent: UrgentPoints,
+}
+
+/// The point-id patterns of `spool.urgent_points`, with each point's answer remembered (a gateway
+/// has a fixed set of points, so the cache is bounded by the configuration).
+#[derive(Debug, Clone, Default)]
+pub struct UrgentPoints {
+    patterns: Vec<String>,
+    known: HashMap<PointId, bool>,
+}
+
+impl UrgentPoints {
+    /// Points matching any of these patterns (`*` = any run of characters) are urgent.
+    pub fn new(patterns: &[String]) -> Self {
+        UrgentPoints { patterns: patterns.iter().map(|p| p.trim().to_owned()).collect(), known: HashMap::new() }
+    }
+
+    /// Whether samples of `point` must go out at once.
+    pub fn contains(&mut self, point: &PointId) -> bool {
+        if self.patterns.is_empty() {
+            return false;
+        }
+        if let Some(&known) = self.known.get(point) {
+            return known;
+        }
+        let urgent = self.patterns.iter().any(|p| wildcard_match(p, point.as_str()));
+        self.known.insert(point.clone(), urgent);
+        urgent
+    }
+}
+
+/// Whether `text` matches `pattern`, where `*` matches any run of characters (also none).
+fn wildcard_match(pattern: &str, text: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let first = parts.next().unwrap_or("");
+    let Some(mut rest) = text.strip_prefix(first) else { return false };
+    let mut parts: Vec<&str> = parts.collect();
+    let Some(last) = parts.pop() else { return rest.is_empty() };
+    for part in parts {
+        match rest.find(part) {
+            Some(at) => rest = &rest[at + part.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
 }
 
 /// Counters of the batcher.
@@ -54,6 +101,8 @@ pub struct Batcher<S: Spool> {
     metrics: Arc<BatcherMetrics>,
     telemetry: BatchBuilder,
     telemetry_since: Option<Instant>,
+    /// The telemetry batch holds a sample of an urgent point.
+    telemetry_urgent: bool,
     events: BatchBuilder,
     /// Snapshot bytes in `events`, so two large images never share (and overflow) one batch.
     event_image_bytes: usize,
@@ -93,6 +142,7 @@ impl<S: Spool> Batcher<S> {
             metrics: Arc::default(),
             telemetry: BatchBuilder::new(),
             telemetry_since: None,
+            telemetry_urgent: false,
             events: BatchBuilder::new(),
             event_image_bytes: 0,
             heartbeat: None,
@@ -147,6 +197,7 @@ impl<S: Spool> Batcher<S> {
     fn take(&mut self, record: Record) {
         match record {
             Record::Sample { point, sample } => {
+                self.telemetry_urgent |= self.config.urgent.contains(&point);
                 self.telemetry.push(&point, sample);
                 self.telemetry_since.get_or_insert_with(Instant::now);
             }
@@ -166,10 +217,15 @@ impl<S: Spool> Batcher<S> {
             self.seal(Priority::AlarmEvent);
         }
         let aged = self.telemetry_since.is_some_and(|t| t.elapsed() >= self.config.max_age);
-        if !self.telemetry.is_empty() && (all || aged || self.telemetry.sample_count() >= self.config.max_samples) {
-            let class = if self.online.load(Ordering::Relaxed) { Priority::Live } else { Priority::Backfill };
+        let full = self.telemetry.sample_count() >= self.config.max_samples;
+        let online = self.online.load(Ordering::Relaxed);
+        // Offline, nobody is waiting: urgent samples then wait like the rest, in fuller batches.
+        let urgent = self.telemetry_urgent && online;
+        if !self.telemetry.is_empty() && (all || aged || full || urgent) {
+            let class = if online { Priority::Live } else { Priority::Backfill };
             self.seal(class);
             self.telemetry_since = None;
+            self.telemetry_urgent = false;
         }
         // Drops reported by the spool go out as events in their own alarm/event batch.
         if !self.events.is_empty() {
@@ -228,5 +284,96 @@ impl<S: Spool> Batcher<S> {
                 tracing::error!(error = %e, "spool refused a batch; its records are lost");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spool::SledSpool;
+    use proptest::prelude::*;
+    use vigil_common::Sample;
+
+    #[test]
+    fn wildcards_match_runs_of_characters() {
+        assert!(wildcard_match("TK1.LT", "TK1.LT"));
+        assert!(!wildcard_match("TK1.LT", "TK1.LT2"));
+        assert!(wildcard_match("GD1.*", "GD1.CH03"));
+        assert!(!wildcard_match("GD1.*", "GD2.CH03"));
+        assert!(wildcard_match("*.LT", "TK7.LT"));
+        assert!(!wildcard_match("*.LT", "TK7.LT.raw"));
+        assert!(wildcard_match("TK*.L*", "TK12.LT"));
+        assert!(wildcard_match("*", ""));
+        assert!(!wildcard_match("a*a", "a"), "the two ends may not overlap");
+        assert!(wildcard_match("a*a", "aa"));
+    }
+
+    proptest! {
+        #[test]
+        fn a_pattern_with_stars_replaced_by_text_matches(parts in prop::collection::vec("[a-c.]{0,3}", 1..5), fill in "[a-c.]{0,3}") {
+            let pattern = parts.join("*");
+            let text = parts.join(&fill);
+            prop_assert!(wildcard_match(&pattern, &text));
+            // Without stars a pattern matches only itself.
+            prop_assert_eq!(wildcard_match(&text, &pattern), text == pattern);
+        }
+    }
+
+    /// A batcher over a fresh spool with a long batch age; returns its sender, spool and stored-notify.
+    fn batcher(online: bool, urgent: &[&str]) -> (mpsc::Sender<Record>, Arc<Mutex<SledSpool>>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _) = SledSpool::open(&dir.path().join("spool"), 1 << 30).unwrap();
+        let spool = Arc::new(Mutex::new(spool));
+        let patterns: Vec<String> = urgent.iter().map(|p| (*p).to_owned()).collect();
+        let config = BatcherConfig {
+            gateway: "gw-1".parse().unwrap(),
+            max_age: Duration::from_secs(3600),
+            max_samples: 5000,
+            urgent: UrgentPoints::new(&patterns),
+        };
+        let key = SigningKey::generate().unwrap();
+        let b = Batcher::new(config, key, spool.clone(), Arc::new(AtomicBool::new(online)), Arc::default());
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(b.run(rx));
+        (tx, spool, dir)
+    }
+
+    fn stored(spool: &Arc<Mutex<SledSpool>>) -> u64 {
+        use crate::spool::Spool as _;
+        spool.lock().unwrap().next_seq()
+    }
+
+    async fn sample(tx: &mpsc::Sender<Record>, point: &str) {
+        tx.send(Record::Sample { point: point.parse().unwrap(), sample: Sample::good(now_ms(), 1.0) }).await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_urgent_sample_is_sealed_at_once_and_takes_the_waiting_samples_along() {
+        let (tx, spool, _dir) = batcher(true, &["GD1.*"]);
+        let first = stored(&spool);
+        sample(&tx, "TK1.LT").await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(stored(&spool), first, "an ordinary sample waits for the batch age");
+        sample(&tx, "GD1.CH01").await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while stored(&spool) == first && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(stored(&spool), first + 1, "one batch, holding both samples, sealed without waiting an hour");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn urgent_samples_wait_like_the_rest_while_the_uplink_is_down() {
+        let (tx, spool, _dir) = batcher(false, &["GD1.*"]);
+        let first = stored(&spool);
+        sample(&tx, "GD1.CH01").await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(stored(&spool), first, "no one-sample backfill batches during an outage");
+        drop(tx);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while stored(&spool) == first && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(stored(&spool), first + 1, "sealed at shutdown");
     }
 }

@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use vigil_common::{DropCounters, Priority, SeqRange};
 
-pub use batcher::{Batcher, BatcherConfig, BatcherMetrics, now_ms};
+pub use batcher::{Batcher, BatcherConfig, BatcherMetrics, UrgentPoints, now_ms};
 pub use sled_spool::SledSpool;
 
 /// The `[spool]` section of the gateway configuration.
@@ -34,6 +34,11 @@ pub struct SpoolConfig {
     /// Seal a telemetry batch once it holds this many samples (default 5000).
     #[serde(default = "default_max_samples")]
     pub batch_max_samples: usize,
+    /// Points whose samples must not wait for `batch_max_age_ms` (gas detectors, levels with alarm
+    /// limits): a batch holding one is sealed and sent as soon as the poll that read it is taken.
+    /// Patterns of point ids; `*` stands for any run of characters (`"GD1.*"`, `"*.LT"`).
+    #[serde(default)]
+    pub urgent_points: Vec<String>,
 }
 
 impl SpoolConfig {
@@ -55,6 +60,9 @@ impl SpoolConfig {
                 "batch_max_samples",
                 format!("{} is outside 1..={max} (central refuses larger batches)", self.batch_max_samples),
             ));
+        }
+        if self.urgent_points.iter().any(|p| p.trim().is_empty()) {
+            out.push(("urgent_points", "holds an empty pattern; write a point id or a pattern with *".to_owned()));
         }
         out
     }

@@ -21,7 +21,17 @@ use vigil_common::{
     SigningKey, SpoolReport, Topic,
 };
 
+use crate::config::Plant;
+use crate::config_push::ConfigPush;
 use crate::spool::{Spool, StoredBatch, now_ms};
+
+/// Resolves when the push store reports a change; never without one.
+async fn config_changed(pushes: &Option<(Arc<ConfigPush>, Arc<Plant>)>) {
+    match pushes {
+        Some((store, _)) => store.changed.notified().await,
+        None => std::future::pending().await,
+    }
+}
 
 /// The `[uplink]` section of the gateway configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -51,6 +61,10 @@ pub struct UplinkConfig {
     /// Send a batch again when central has not acknowledged it after this many seconds (default 20).
     #[serde(default = "default_resend_after")]
     pub resend_after_s: u64,
+    /// A configuration pushed by central is kept only if the agent reaches central with it within
+    /// this many seconds; otherwise the previous one comes back (default 120).
+    #[serde(default = "default_config_trial")]
+    pub config_trial_s: u64,
 }
 
 /// Certificate files for mutual TLS.
@@ -103,6 +117,9 @@ impl UplinkConfig {
         if self.backfill_batches_per_s == 0 {
             out.push(("backfill_batches_per_s".into(), "must be at least 1".into()));
         }
+        if !(5..=3600).contains(&self.config_trial_s) {
+            out.push(("config_trial_s".into(), format!("{} is outside 5..=3600", self.config_trial_s)));
+        }
         if !(5..=600).contains(&self.keepalive_s) {
             out.push(("keepalive_s".into(), format!("{} is outside 5..=600", self.keepalive_s)));
         }
@@ -121,6 +138,9 @@ fn default_backfill_rate() -> u32 {
 }
 fn default_resend_after() -> u64 {
     20
+}
+fn default_config_trial() -> u64 {
+    120
 }
 
 /// Why the uplink could not start.
@@ -178,6 +198,7 @@ pub struct Uplink<S: Spool> {
     stored: Arc<Notify>,
     metrics: Arc<UplinkMetrics>,
     heartbeat: Option<vigil_hw::Heartbeat>,
+    pushes: Option<(Arc<ConfigPush>, Arc<Plant>)>,
 }
 
 struct Topics {
@@ -257,7 +278,13 @@ impl<S: Spool + 'static> Uplink<S> {
             stored,
             metrics: Arc::default(),
             heartbeat: None,
+            pushes: None,
         })
+    }
+
+    /// Accepts configuration pushes from central into `store`, validated against `running`.
+    pub fn set_config_push(&mut self, store: Arc<ConfigPush>, running: Arc<Plant>) {
+        self.pushes = Some((store, running));
     }
 
     /// Reports the send loop's progress to the watchdog supervisor.
@@ -286,6 +313,8 @@ impl<S: Spool + 'static> Uplink<S> {
                 oldest_unacked_ms: stats.classes.iter().filter_map(|c| c.oldest_stored_ms).min(),
                 dropped: stats.dropped,
             },
+            config: self.pushes.as_ref().map(|(store, _)| store.report()).unwrap_or_default(),
+            update: crate::update::report(),
         };
         // Sealing only fails on a bug in the contract; the empty payload then clears the retained state.
         state.seal(&self.key).unwrap_or_default()
@@ -346,6 +375,11 @@ impl<S: Spool + 'static> Uplink<S> {
                         }
                     }
                     _ = self.stored.notified() => self.pump(&client, &mut st),
+                    _ = config_changed(&self.pushes) => {
+                        if st.connected {
+                            let _ = client.try_publish(&self.topics.state, QoS::AtLeastOnce, true, self.state(true));
+                        }
+                    }
                     _ = tick.tick() => {
                         if let Some(h) = &self.heartbeat {
                             h.beat();
@@ -449,6 +483,13 @@ impl<S: Spool + 'static> Uplink<S> {
                     queue_resend(st, &ranges, self.resend_min_age());
                 }
             }
+            CommandAction::ApplyConfig { version, toml } => match &self.pushes {
+                // The store notifies `changed`, so the outcome goes out as fresh state.
+                Some((store, running)) => {
+                    tokio::task::block_in_place(|| store.receive(version, &toml, running));
+                }
+                None => tracing::warn!(version, "configuration push ignored: this agent does not take pushes"),
+            },
         }
     }
 

@@ -34,6 +34,10 @@ struct Cli {
     /// The gateway's `spool.batch_max_age_ms` (its default and the example configuration's: 1000).
     #[arg(long, default_value_t = 1000)]
     batch_age_ms: u64,
+    /// List the level in the gateway's `spool.urgent_points`, so its samples are sealed and sent as
+    /// soon as they are read instead of waiting for the batch age.
+    #[arg(long)]
+    urgent: bool,
     /// Period of the simulated level's sine (s); it crosses four limits per period.
     #[arg(long, default_value_t = 10.0)]
     period_s: f64,
@@ -144,6 +148,7 @@ key_file = "{key}"
 [spool]
 path = "{spool}"
 batch_max_age_ms = {age}
+urgent_points = [{urgent}]
 
 [system]
 interval_ms = 1000
@@ -186,6 +191,7 @@ sim = "sine {MID} {AMP} {period}"
             cert = tls.join(format!("{GATEWAY}.pem")).display(),
             tls_key = tls.join(format!("{GATEWAY}.key")).display(),
             poll = cli.poll_ms,
+            urgent = if cli.urgent { "\"TK1.LT\"" } else { "" },
             period = cli.period_s,
         ),
     )?;
@@ -420,8 +426,8 @@ fn report(cli: &Cli, samples: &[Sample]) {
     let mut r: Vec<i64> = samples.iter().map(|x| x.to_central).collect();
     r.sort_unstable();
     println!(
-        "alarm latency end to end (poll {} ms, batch_max_age {} ms, sine period {} s)",
-        cli.poll_ms, cli.batch_age_ms, cli.period_s
+        "alarm latency end to end (poll {} ms, batch_max_age {} ms, urgent {}, sine period {} s)",
+        cli.poll_ms, cli.batch_age_ms, cli.urgent, cli.period_s
     );
     println!(
         "  crossing sample's source time -> SSE event: p50 {} ms, p99 {} ms, max {} ms, n {}",
