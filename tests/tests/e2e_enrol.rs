@@ -2,6 +2,8 @@
 //! broker), an administrator creates a token over the API, `vigil-edge enroll` redeems it (keys made
 //! on the gateway, certificate signed by central), and `vigil-edge run` with a configuration built
 //! from the written snippet delivers its heartbeat over mutual TLS. The used token is refused.
+//! Then configuration pushes through the API: applied, refused with the gateway's exact error while
+//! the old file stays, and one made while the gateway is offline goes out when it comes back.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::os::unix::fs::PermissionsExt as _;
@@ -22,7 +24,7 @@ fn heartbeats(api_port: u16, token: &str) -> usize {
 }
 
 #[test]
-fn an_enrolled_gateway_delivers_its_heartbeat() {
+fn an_enrolled_gateway_delivers_its_heartbeat_and_takes_configuration_pushes() {
     // `enroll` is new: never run a stale binary.
     vigil_tests::build_binaries().unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -101,7 +103,61 @@ fn an_enrolled_gateway_delivers_its_heartbeat() {
         }
         std::thread::sleep(Duration::from_millis(250));
     }
+    assert!(!std::fs::read_to_string(d.join("central.log")).unwrap().contains(&token), "the token reached the log");
+
+    // Configuration pushes through the API.
+    let installed = std::fs::read_to_string(&gw_conf).unwrap();
+    let v1 = installed.replace("interval_ms = 20", "interval_ms = 25");
+    assert_eq!(push(api_port, &admin, &v1), 1);
+    let (status, _) = wait_push(api_port, &admin, 1, &d);
+    assert_eq!(status, "applied");
+    assert_eq!(std::fs::read_to_string(&gw_conf).unwrap(), v1, "the pushed file runs on the gateway");
+    let (_, gateway) = http_get_auth(api_port, &admin, "/api/v1/gateways/gw-en").unwrap();
+    let gateway: serde_json::Value = serde_json::from_str(&gateway).unwrap();
+    assert_eq!(gateway["config_version"], 1, "{gateway}");
+
+    let invalid = v1.replace("batch_max_age_ms = 100", "batch_max_age_ms = 5");
+    assert_eq!(push(api_port, &admin, &invalid), 2);
+    let (status, detail) = wait_push(api_port, &admin, 2, &d);
+    assert_eq!(status, "rejected");
+    assert!(detail.contains("spool.batch_max_age_ms") && detail.contains("outside 10..=3600000"), "{detail}");
+    assert_eq!(std::fs::read_to_string(&gw_conf).unwrap(), v1, "the old file stays");
+
+    // Pushed while the gateway is down: sent again when its birth shows it has not handled it.
+    terminate(&mut edge).unwrap();
+    let v3 = v1.replace("interval_ms = 25", "interval_ms = 30");
+    assert_eq!(push(api_port, &admin, &v3), 3);
+    let mut edge = spawn("vigil-edge", &["run", "--config", gw_conf.to_str().unwrap()], &d.join("edge2.log")).unwrap();
+    let (status, _) = wait_push(api_port, &admin, 3, &d);
+    assert_eq!(status, "applied");
+    assert_eq!(std::fs::read_to_string(&gw_conf).unwrap(), v3);
     terminate(&mut edge).unwrap();
     terminate(&mut central).unwrap();
-    assert!(!std::fs::read_to_string(d.join("central.log")).unwrap().contains(&token), "the token reached the log");
+}
+
+/// Pushes `toml` to gw-en; returns the version central gave it.
+fn push(api_port: u16, token: &str, toml: &str) -> i64 {
+    let body = serde_json::json!({ "toml": toml }).to_string();
+    let (status, answer) =
+        http_request(api_port, "POST", "/api/v1/gateways/gw-en/config", Some(token), Some(&body)).unwrap();
+    assert_eq!(status, 202, "{answer}");
+    serde_json::from_str::<serde_json::Value>(&answer).unwrap()["version"].as_i64().unwrap()
+}
+
+/// Waits for push `version` to reach a final status; returns it and its detail.
+fn wait_push(api_port: u16, token: &str, version: i64, d: &std::path::Path) -> (String, String) {
+    let start = Instant::now();
+    loop {
+        let (_, body) = http_get_auth(api_port, token, &format!("/api/v1/gateways/gw-en/config/{version}")).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let status = v["status"].as_str().unwrap_or("").to_owned();
+        if ["applied", "rejected", "rolled_back"].contains(&status.as_str()) {
+            return (status, v["detail"].as_str().unwrap_or("").to_owned());
+        }
+        if start.elapsed() > Duration::from_secs(90) {
+            let log = |n: &str| std::fs::read_to_string(d.join(n)).unwrap_or_default();
+            panic!("push {version} stuck at {v}\nedge:\n{}\ncentral:\n{}", log("edge.log"), log("central.log"));
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
 }
