@@ -31,11 +31,27 @@ pub struct Reading {
     pub outcome: Result<Raw, Quality>,
 }
 
+/// A reading from a source that qualifies its own values (OPC UA): a value may come with an
+/// uncertain status, and a bad one may or may not carry a value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatusReading {
+    /// Index of the point in the plant.
+    pub point: usize,
+    /// Timestamp (ms since the epoch) the source chose for it.
+    pub ts_ms: i64,
+    /// The raw value, if the source sent a usable one.
+    pub raw: Option<Raw>,
+    /// The source's quality.
+    pub quality: Quality,
+}
+
 /// What drivers send to the pipeline.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SourceMsg {
     /// The readings of one request.
     Readings(Vec<Reading>),
+    /// Readings that carry their source's quality.
+    Statused(Vec<StatusReading>),
     /// An event (device offline/online, fault).
     Event(Event),
 }
@@ -210,28 +226,51 @@ impl Pipeline {
             SourceMsg::Readings(rs) => {
                 for r in rs {
                     metrics.readings.inc();
-                    self.reading(r, out, metrics);
+                    let (raw, q) = match r.outcome {
+                        Ok(raw) => (Some(raw), Quality::GOOD),
+                        Err(q) => (None, q),
+                    };
+                    self.reading(r.point, r.ts_ms, raw, q, out, metrics);
+                }
+            }
+            SourceMsg::Statused(rs) => {
+                for r in rs {
+                    metrics.readings.inc();
+                    // A bad status makes any value meaningless (Part 4, 7.39).
+                    let raw = if r.quality.severity() == Severity::Bad { None } else { r.raw };
+                    self.reading(r.point, r.ts_ms, raw, r.quality, out, metrics);
                 }
             }
         }
     }
 
-    fn reading(&mut self, r: Reading, out: &mut Vec<Record>, metrics: &Metrics) {
-        let Some(spec) = self.specs.get(r.point) else {
+    fn reading(
+        &mut self,
+        point: usize,
+        ts_ms: i64,
+        raw: Option<Raw>,
+        source_quality: Quality,
+        out: &mut Vec<Record>,
+        metrics: &Metrics,
+    ) {
+        let Some(spec) = self.specs.get(point) else {
             return;
         };
-        let st = &mut self.state[r.point];
-        let (value, quality) = match r.outcome {
-            Ok(raw) => {
+        let st = &mut self.state[point];
+        let (value, quality) = match raw {
+            Some(raw) => {
                 let v = scale(spec, raw);
                 let q = match (spec.range, v.as_f64()) {
-                    (Some([lo, hi]), Some(x)) if x < lo || x > hi => Quality::UNCERTAIN_EU_EXCEEDED,
-                    _ => Quality::GOOD,
+                    (Some([lo, hi]), Some(x)) if (x < lo || x > hi) && source_quality.is_good() => {
+                        Quality::UNCERTAIN_EU_EXCEEDED
+                    }
+                    _ => source_quality,
                 };
                 st.last_good = Some(v.clone());
                 (v, q)
             }
-            Err(q) => {
+            None => {
+                let q = source_quality;
                 let v = st
                     .last_good
                     .clone()
@@ -239,18 +278,18 @@ impl Pipeline {
                 (v, q)
             }
         };
-        st.latest = Some((value.as_f64().unwrap_or(0.0), quality, r.ts_ms));
-        if self.report_all || st.filter.pass(&value, quality, r.ts_ms) {
+        st.latest = Some((value.as_f64().unwrap_or(0.0), quality, ts_ms));
+        if self.report_all || st.filter.pass(&value, quality, ts_ms) {
             out.push(Record::Sample {
                 point: spec.id.clone(),
-                sample: Sample { ts_ms: r.ts_ms, value, quality, clock: self.clock },
+                sample: Sample { ts_ms, value, quality, clock: self.clock },
             });
         } else {
             metrics.suppressed.inc();
         }
-        for fi in 0..self.feeds[r.point].len() {
-            let (li, mi) = self.feeds[r.point][fi];
-            self.levelling(li, mi, r.ts_ms, out, metrics);
+        for fi in 0..self.feeds[point].len() {
+            let (li, mi) = self.feeds[point][fi];
+            self.levelling(li, mi, ts_ms, out, metrics);
         }
     }
 

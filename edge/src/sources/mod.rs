@@ -8,6 +8,7 @@
 pub mod camera;
 pub mod digital;
 pub mod modbus;
+pub mod opcua;
 pub mod system;
 
 use std::fmt;
@@ -80,6 +81,16 @@ pub struct Metrics {
     pub events_out: Counter,
     /// Times the record channel was full and acquisition waited (backpressure).
     pub backpressure_waits: Counter,
+    /// OPC UA sessions established (first connect and every reconnect).
+    pub opcua_sessions: Counter,
+    /// OPC UA data change values received from subscriptions or reads.
+    pub opcua_values: Counter,
+    /// OPC UA values dropped because their timestamp was not newer than the last one of the point.
+    pub opcua_stale_dropped: Counter,
+    /// OPC UA values re-sent after a reconnect with an old timestamp, reported at the reconnect time.
+    pub opcua_restamped: Counter,
+    /// OPC UA notification batches dropped because the driver's queue was full.
+    pub opcua_overflow: Counter,
 }
 
 impl fmt::Display for Metrics {
@@ -103,6 +114,11 @@ impl fmt::Display for Metrics {
             ("suppressed", &self.suppressed),
             ("events_out", &self.events_out),
             ("backpressure_waits", &self.backpressure_waits),
+            ("opcua_sessions", &self.opcua_sessions),
+            ("opcua_values", &self.opcua_values),
+            ("opcua_stale_dropped", &self.opcua_stale_dropped),
+            ("opcua_restamped", &self.opcua_restamped),
+            ("opcua_overflow", &self.opcua_overflow),
         ];
         for (i, (k, v)) in pairs.iter().enumerate() {
             if i > 0 {
@@ -196,6 +212,9 @@ async fn run(
             shutdown.clone(),
             mode,
         ));
+    }
+    for index in opcua::devices(&plant, only) {
+        tasks.spawn(opcua::run_device(plant.clone(), index, stx.clone(), metrics.clone(), shutdown.clone(), mode));
     }
     drop(stx);
     let mut pipeline = Pipeline::new(&plant, clock_of(&plant), report_all);

@@ -10,6 +10,10 @@
 //!   [--count N] [--snapshot-bytes N] [--reboot-every-s S --reboot-down-s S] [--malformed-every N]`:
 //!   a gas-leak camera that pushes detections (alternating start/stop) with JPEG snapshots and
 //!   serves the same detections over ONVIF PullPoint (see `vigil_tools::sim::camera`).
+//! - `vigil-sim opcua [--listen ADDR] [--pki-dir DIR] [--tanks N] [--detectors N] [--update-ms MS]
+//!   [--restart-every-s S | --stall-every-s S] [--fault-s S]`: an OPC UA server with tanks and gas
+//!   detectors, security None and Basic256Sha256 (Sign, SignAndEncrypt), anonymous or
+//!   operator/operator-pass, and optional periodic restarts or stalls (see `vigil_tools::sim::opcua`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -58,6 +62,36 @@ enum Command {
     },
     /// Simulate a gas-leak camera (HTTP push, snapshots, ONVIF PullPoint).
     Camera(CameraArgs),
+    /// Simulate an OPC UA server with a plant address space.
+    Opcua(OpcuaArgs),
+}
+
+#[derive(clap::Args)]
+struct OpcuaArgs {
+    /// Where clients connect.
+    #[arg(long, default_value = "127.0.0.1:4840")]
+    listen: std::net::SocketAddr,
+    /// The server's PKI directory (its certificate is created in own/ on first start).
+    #[arg(long, default_value = "opcua-sim-pki")]
+    pki_dir: PathBuf,
+    /// Tanks (Level, Temperature, Pressure each).
+    #[arg(long, default_value_t = 10)]
+    tanks: usize,
+    /// Gas detectors (Concentration, Alarm each).
+    #[arg(long, default_value_t = 5)]
+    detectors: usize,
+    /// How often values change, ms.
+    #[arg(long, default_value_t = 1000)]
+    update_ms: u64,
+    /// Restart the server every this many seconds (sessions and subscriptions are lost).
+    #[arg(long, conflicts_with = "stall_every_s")]
+    restart_every_s: Option<u64>,
+    /// Stall (connections open, no bytes) every this many seconds.
+    #[arg(long)]
+    stall_every_s: Option<u64>,
+    /// How long a restart or stall lasts, s.
+    #[arg(long, default_value_t = 5)]
+    fault_s: u64,
 }
 
 #[derive(clap::Args)]
@@ -117,6 +151,7 @@ async fn main() -> Result<()> {
         Command::Modbus { config, fault, bind } => modbus(&config, &fault, bind.as_deref(), stop).await?,
         Command::Levelling { link, sensors, failing, speed } => levelling(&link, sensors, failing, speed)?,
         Command::Camera(args) => camera(args).await?,
+        Command::Opcua(args) => opcua(args).await?,
     };
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
@@ -126,6 +161,76 @@ async fn main() -> Result<()> {
     }
     let _ = stop_tx.send(true);
     Ok(())
+}
+
+async fn opcua(a: OpcuaArgs) -> Result<Guards> {
+    use std::time::Duration;
+    use vigil_tools::sim::opcua::{Layout, NAMESPACE_URI, OpcuaSim, SimConfig, USER};
+    if a.tanks + a.detectors == 0 || a.tanks.saturating_mul(3).saturating_add(a.detectors.saturating_mul(2)) > 200_000 {
+        bail!("--tanks/--detectors: between 1 and 200000 variables in all");
+    }
+    let config = SimConfig {
+        listen: a.listen,
+        pki_dir: a.pki_dir.clone(),
+        layout: Layout::plant(a.tanks, a.detectors),
+        update: Duration::from_millis(a.update_ms.clamp(10, 3_600_000)),
+    };
+    let vars = config.layout.len();
+    let fault = Duration::from_secs(a.fault_s.max(1));
+    let (every, restart) = match (a.restart_every_s, a.stall_every_s) {
+        (Some(s), _) => (Some(s), true),
+        (None, Some(s)) => (Some(s), false),
+        (None, None) => (None, false),
+    };
+    // The OPC UA server's futures are not Send, so the simulator gets a thread and runtime of its own.
+    let (tx, rx) = tokio::sync::oneshot::channel::<Result<(String, PathBuf)>>();
+    std::thread::spawn(move || {
+        let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(rt) => rt,
+            Err(e) => {
+                let _ = tx.send(Err(anyhow::anyhow!("starting the simulator runtime: {e}")));
+                return;
+            }
+        };
+        rt.block_on(async move {
+            let sim = match OpcuaSim::start(config).await {
+                Ok(sim) => sim,
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+            };
+            let _ = tx.send(Ok((sim.endpoint(), sim.certificate())));
+            let Some(every) = every else {
+                // Nothing to inject: keep the simulator alive until the process ends.
+                std::future::pending::<()>().await;
+                return;
+            };
+            loop {
+                tokio::time::sleep(Duration::from_secs(every.max(1))).await;
+                if restart {
+                    eprintln!("opcua: restarting for {} s", fault.as_secs());
+                    if let Err(e) = sim.restart(fault).await {
+                        eprintln!("opcua: restart failed: {e:#}");
+                    }
+                } else {
+                    eprintln!("opcua: stalling for {} s", fault.as_secs());
+                    sim.stall();
+                    tokio::time::sleep(fault).await;
+                    sim.resume();
+                }
+            }
+        });
+    });
+    let (endpoint, certificate) = rx.await.context("the simulator thread ended")??;
+    eprintln!(
+        "opcua {endpoint}: {vars} variables in {NAMESPACE_URI} (e.g. nsu={NAMESPACE_URI};s=Tank101.Level), \
+         certificate {}, user {}/{}",
+        certificate.display(),
+        USER.0,
+        USER.1
+    );
+    Ok(Guards { _buses: Vec::new(), links: Vec::new() })
 }
 
 /// What must live while the simulator runs.
@@ -169,12 +274,17 @@ async fn modbus(path: &Path, faults: &[String], bind: Option<&str>, stop: watch:
     let mut tcp_sims: BTreeMap<(String, u16), Sim> = BTreeMap::new();
     let mut bus_sims: BTreeMap<usize, Sim> = BTreeMap::new();
     for (i, d) in plant.devices.iter().enumerate() {
+        if matches!(d.transport, Transport::Opcua { .. }) {
+            // OPC UA servers are simulated by `vigil-sim opcua`.
+            continue;
+        }
         let mut unit =
             Unit::new(points_of(&plant, i, i as u64 * 7919).map_err(|e| anyhow::anyhow!("device {}: {e}", d.name))?);
         unit.fault = fault_of.get(&d.name).copied().unwrap_or_default();
         let sim = match &d.transport {
             Transport::Tcp { host, port } => tcp_sims.entry((bind.unwrap_or(host).to_string(), *port)).or_default(),
             Transport::Rtu { bus } => bus_sims.entry(*bus).or_default(),
+            Transport::Opcua { .. } => continue,
         };
         sim.add_unit(d.unit, unit);
     }

@@ -3,6 +3,7 @@
 //! codes, garbage bytes, dropped connections). Used by `vigil-sim`, the benchmarks and the tests.
 
 pub mod camera;
+pub mod opcua;
 pub mod rtu;
 pub mod tcp;
 pub mod wave;

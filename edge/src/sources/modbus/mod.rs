@@ -517,6 +517,8 @@ pub fn channels(plant: &Plant, only: Option<&str>) -> Vec<(Endpoint, Vec<usize>)
                     out.push((Endpoint::Rtu(plant.buses[*bus].clone()), vec![i]));
                 }
             },
+            // OPC UA servers have their own driver.
+            Transport::Opcua { .. } => {}
         }
     }
     out
