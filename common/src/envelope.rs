@@ -168,6 +168,14 @@ impl PublicKey {
         Algorithm::Ed25519
     }
 
+    /// Whether `signature` is this key's [`SigningKey::sign_detached`] of `domain || message`.
+    pub fn verify_detached(&self, domain: &[u8], message: &[u8], signature: &[u8; ED25519_SIGNATURE_LEN]) -> bool {
+        let mut msg = Vec::with_capacity(domain.len() + message.len());
+        msg.extend_from_slice(domain);
+        msg.extend_from_slice(message);
+        self.key.verify_strict(&msg, &ed25519_dalek::Signature::from_bytes(signature)).is_ok()
+    }
+
     /// Its short identifier.
     pub fn key_id(&self) -> KeyId {
         let mut h = sha2::Sha256::new();
@@ -218,6 +226,15 @@ impl SigningKey {
     /// The matching public key.
     pub fn public_key(&self) -> PublicKey {
         PublicKey { key: self.key.verifying_key() }
+    }
+
+    /// Signs `domain || message` outside any envelope (detached), for artefacts such as update
+    /// bundles; the domain keeps such a signature from ever passing as an envelope's.
+    pub fn sign_detached(&self, domain: &[u8], message: &[u8]) -> [u8; ED25519_SIGNATURE_LEN] {
+        let mut msg = Vec::with_capacity(domain.len() + message.len());
+        msg.extend_from_slice(domain);
+        msg.extend_from_slice(message);
+        self.key.sign(&msg).to_bytes()
     }
 }
 
