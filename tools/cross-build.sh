@@ -112,9 +112,10 @@ export CARGO_TARGET_ARMV7_UNKNOWN_LINUX_GNUEABIHF_LINKER=arm-linux-gnueabihf-gcc
 export CC_armv7_unknown_linux_gnueabihf=arm-linux-gnueabihf-gcc
 export AR_armv7_unknown_linux_gnueabihf=arm-linux-gnueabihf-ar
 if [ "$profile" = ci ]; then
-    # On the 2-core machine fat LTO with one codegen unit ends each target in a long single-threaded
-    # optimisation step; thin LTO over 16 units parallelises it, at about a quarter more binary
-    # (docs/BENCHMARKS.md). CI checks behaviour, not size: what ships is built with --release.
+    # Fat LTO with one codegen unit ends each target in a long single-threaded optimisation step;
+    # thin LTO over 16 units is meant to parallelise it, at 20-26 % more binary. CI checks
+    # behaviour, not size: what ships is built with --release. The speed-up is not yet shown by a
+    # measurement on an idle machine (docs/BENCHMARKS.md).
     export CARGO_PROFILE_RELEASE_LTO=thin CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16
 fi
 target_args=() target_names=()
