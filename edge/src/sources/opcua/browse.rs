@@ -102,6 +102,9 @@ pub async fn browse(d: &OpcuaDevice, start: &NodeRef, depth: u32) -> Result<Repo
                     (Some(v), _) => format!("{v}"),
                     (None, s) => format!("({})", s.unwrap_or_default()),
                 };
+                // Structures print at length; a technician needs a glance, not the whole dump.
+                let text =
+                    if text.chars().count() > 80 { text.chars().take(77).collect::<String>() + "..." } else { text };
                 let key = n.to_string();
                 for l in lines.iter_mut().filter(|l| l.node == key && l.value.is_none()) {
                     l.value = Some(text.clone());
