@@ -87,7 +87,7 @@ if readelf -S "$bin" | grep -q '\.debug_info\|\.symtab'; then fail "binary not s
 # --- the unit
 unit="$work/root/usr/lib/systemd/system/vigil-edge.service"
 expect_unit() { grep -qxF "$1" "$unit" && ok "unit: $1" || fail "unit lacks '$1'"; }
-expect_unit "ExecStart=/usr/bin/vigil-edge run --config /etc/vigil/gateway.toml"
+expect_unit "ExecStart=/usr/bin/vigil-edge launch --config /etc/vigil/gateway.toml"
 expect_unit "User=vigil"
 expect_unit "Group=vigil"
 expect_unit "Restart=on-failure"
