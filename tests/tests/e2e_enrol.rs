@@ -109,7 +109,7 @@ fn an_enrolled_gateway_delivers_its_heartbeat_and_takes_configuration_pushes() {
     let installed = std::fs::read_to_string(&gw_conf).unwrap();
     let v1 = installed.replace("interval_ms = 20", "interval_ms = 25");
     assert_eq!(push(api_port, &admin, &v1), 1);
-    let (status, _) = wait_push(api_port, &admin, 1, &d);
+    let (status, _) = wait_push(api_port, &admin, 1, d);
     assert_eq!(status, "applied");
     assert_eq!(std::fs::read_to_string(&gw_conf).unwrap(), v1, "the pushed file runs on the gateway");
     let (_, gateway) = http_get_auth(api_port, &admin, "/api/v1/gateways/gw-en").unwrap();
@@ -118,7 +118,7 @@ fn an_enrolled_gateway_delivers_its_heartbeat_and_takes_configuration_pushes() {
 
     let invalid = v1.replace("batch_max_age_ms = 100", "batch_max_age_ms = 5");
     assert_eq!(push(api_port, &admin, &invalid), 2);
-    let (status, detail) = wait_push(api_port, &admin, 2, &d);
+    let (status, detail) = wait_push(api_port, &admin, 2, d);
     assert_eq!(status, "rejected");
     assert!(detail.contains("spool.batch_max_age_ms") && detail.contains("outside 10..=3600000"), "{detail}");
     assert_eq!(std::fs::read_to_string(&gw_conf).unwrap(), v1, "the old file stays");
@@ -128,7 +128,7 @@ fn an_enrolled_gateway_delivers_its_heartbeat_and_takes_configuration_pushes() {
     let v3 = v1.replace("interval_ms = 25", "interval_ms = 30");
     assert_eq!(push(api_port, &admin, &v3), 3);
     let mut edge = spawn("vigil-edge", &["run", "--config", gw_conf.to_str().unwrap()], &d.join("edge2.log")).unwrap();
-    let (status, _) = wait_push(api_port, &admin, 3, &d);
+    let (status, _) = wait_push(api_port, &admin, 3, d);
     assert_eq!(status, "applied");
     assert_eq!(std::fs::read_to_string(&gw_conf).unwrap(), v3);
     terminate(&mut edge).unwrap();
