@@ -19,7 +19,7 @@ if ! "$venv/bin/schemathesis" --version >/dev/null 2>&1; then
     "$venv/bin/pip" install --quiet --disable-pip-version-check 'schemathesis>=4,<5'
 fi
 cargo build --quiet -p vigil-central --bin vigil-central
-central="$root/target/debug/vigil-central"
+central="${CARGO_TARGET_DIR:-$root/target}/debug/vigil-central"
 
 work="$(mktemp -d)"
 pid=""

@@ -90,6 +90,19 @@ pub struct PushMetrics {
     pub outcomes: AtomicU64,
 }
 
+impl PushMetrics {
+    /// Prometheus text lines.
+    pub fn prometheus(&self) -> String {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        format!(
+            "vigil_config_push_sent_total {}\nvigil_config_push_send_failed_total {}\nvigil_config_push_outcomes_total {}\n",
+            g(&self.sent),
+            g(&self.send_failed),
+            g(&self.outcomes)
+        )
+    }
+}
+
 /// The push service.
 #[derive(Clone)]
 pub struct ConfigPushes {

@@ -24,7 +24,18 @@ use crate::wal::{encode_record, scan_records};
 pub const CHUNK_SAMPLES: usize = 2048;
 /// One day in milliseconds (chunk files hold the chunks whose last sample falls in one UTC day).
 pub const DAY_MS: i64 = 86_400_000;
-const CHUNK_MAGIC: [u8; 3] = *b"VC1";
+/// Chunks written before roll-ups (read, never written).
+const CHUNK_MAGIC_V1: [u8; 3] = *b"VC1";
+/// Chunks with roll-ups after the summary.
+const CHUNK_MAGIC: [u8; 3] = *b"VC2";
+/// Width of a roll-up: 5-minute windows aligned to the UTC epoch, summarised when the chunk is
+/// written, so a long aggregate merges a few summaries per chunk instead of decoding its samples.
+pub const ROLLUP_MS: i64 = 300_000;
+/// Roll-ups are written only when they hold this many samples on average: a slow point's chunk
+/// (say 1 sample a minute) would otherwise carry more summary than samples, and decoding it is cheap.
+const ROLLUP_MIN_SAMPLES: usize = 32;
+/// Bytes of one encoded roll-up: window start, count, six floats, two timestamps.
+const ROLLUP_BYTES: usize = 8 + 4 + 6 * 8 + 2 * 8;
 
 /// Why the historian failed.
 #[derive(Debug, thiserror::Error)]
@@ -180,7 +191,8 @@ pub fn encode_chunk(key: &SeriesKey, generation: u64, samples: &[Sample]) -> Res
             stats.add(s.ts_ms, v);
         }
     }
-    let mut out = Vec::with_capacity(64 + samples.len() * 2);
+    let rollups = rollups_of(samples);
+    let mut out = Vec::with_capacity(64 + rollups.len() * ROLLUP_BYTES + samples.len() * 2);
     out.extend_from_slice(&CHUNK_MAGIC);
     out.extend_from_slice(&generation.to_le_bytes());
     put_str(&mut out, key.gateway.as_str());
@@ -188,12 +200,12 @@ pub fn encode_chunk(key: &SeriesKey, generation: u64, samples: &[Sample]) -> Res
     out.extend_from_slice(&first.ts_ms.to_le_bytes());
     out.extend_from_slice(&last.ts_ms.to_le_bytes());
     out.extend_from_slice(&(samples.len() as u32).to_le_bytes());
-    for f in [stats.min, stats.max, stats.mean, stats.m2, stats.first, stats.last] {
-        out.extend_from_slice(&f.to_le_bytes());
+    put_stats(&mut out, &stats);
+    out.extend_from_slice(&(rollups.len() as u16).to_le_bytes());
+    for (start, r) in &rollups {
+        out.extend_from_slice(&start.to_le_bytes());
+        put_stats(&mut out, r);
     }
-    out.extend_from_slice(&(stats.count as u32).to_le_bytes());
-    out.extend_from_slice(&stats.first_ts.to_le_bytes());
-    out.extend_from_slice(&stats.last_ts.to_le_bytes());
     let plain = encode_body(samples, first.ts_ms, None)?;
     let body = match grid(samples) {
         Some(g) => {
@@ -204,6 +216,45 @@ pub fn encode_chunk(key: &SeriesKey, generation: u64, samples: &[Sample]) -> Res
     };
     out.extend_from_slice(&body);
     Ok((out, stats))
+}
+
+/// Writes a summary: six floats, the count, the first and last timestamps.
+fn put_stats(out: &mut Vec<u8>, stats: &Stats) {
+    for f in [stats.min, stats.max, stats.mean, stats.m2, stats.first, stats.last] {
+        out.extend_from_slice(&f.to_le_bytes());
+    }
+    out.extend_from_slice(&(stats.count as u32).to_le_bytes());
+    out.extend_from_slice(&stats.first_ts.to_le_bytes());
+    out.extend_from_slice(&stats.last_ts.to_le_bytes());
+}
+
+/// The start of the roll-up window holding `ts`.
+fn rollup_start(ts: i64) -> i64 {
+    ts - ts.rem_euclid(ROLLUP_MS)
+}
+
+/// Per-window summaries of a chunk's aggregable samples (sorted by time), or none when the
+/// windows would hold too few samples to be worth their bytes. Windows without one are left out.
+fn rollups_of(samples: &[Sample]) -> Vec<(i64, Stats)> {
+    let (Some(first), Some(last)) = (samples.first(), samples.last()) else { return Vec::new() };
+    let windows = (rollup_start(last.ts_ms) - rollup_start(first.ts_ms)) / ROLLUP_MS + 1;
+    if windows < 2 || (samples.len() as i64) < windows.saturating_mul(ROLLUP_MIN_SAMPLES as i64) {
+        return Vec::new();
+    }
+    let mut out: Vec<(i64, Stats)> = Vec::new();
+    for s in samples {
+        let Some(v) = aggregable(s) else { continue };
+        let start = rollup_start(s.ts_ms);
+        match out.last_mut() {
+            Some((w, stats)) if *w == start => stats.add(s.ts_ms, v),
+            _ => {
+                let mut stats = Stats::default();
+                stats.add(s.ts_ms, v);
+                out.push((start, stats));
+            }
+        }
+    }
+    out
 }
 
 /// A regular poll grid for a chunk's timestamps: `ts[i] = base + i * period + residual[i]`, with
@@ -303,45 +354,74 @@ impl<'a> Cursor<'a> {
     }
 }
 
-/// The header of a chunk body: key, generation, bounds and summary; and the rest (the codec bits).
-/// A decoded chunk header: key, generation, min ts, max ts, count, summary, and the codec bits.
-type Header<'a> = (SeriesKey, u64, i64, i64, u32, Stats, &'a [u8]);
+/// A decoded chunk header: key, generation, min ts, max ts, count, summary, the encoded roll-ups
+/// (see [`read_rollups`]), and the codec bits.
+type Header<'a> = (SeriesKey, u64, i64, i64, u32, Stats, &'a [u8], &'a [u8]);
+
+impl Cursor<'_> {
+    fn stats(&mut self) -> Result<Stats, HistorianError> {
+        let mut f = [0f64; 6];
+        for x in &mut f {
+            *x = f64::from_bits(self.u64()?);
+        }
+        let n = self.u32()?;
+        let first_ts = self.u64()? as i64;
+        let last_ts = self.u64()? as i64;
+        Ok(Stats {
+            count: u64::from(n),
+            min: f[0],
+            max: f[1],
+            mean: f[2],
+            m2: f[3],
+            first: f[4],
+            last: f[5],
+            first_ts,
+            last_ts,
+        })
+    }
+}
 
 fn decode_header(body: &[u8]) -> Result<Header<'_>, HistorianError> {
     let mut c = Cursor(body);
-    if c.take(3)? != CHUNK_MAGIC {
-        return Err(HistorianError::Chunk("bad magic".into()));
-    }
+    let magic = c.take(3)?;
+    let with_rollups = match magic {
+        m if m == CHUNK_MAGIC => true,
+        m if m == CHUNK_MAGIC_V1 => false,
+        _ => return Err(HistorianError::Chunk("bad magic".into())),
+    };
     let generation = c.u64()?;
     let gateway = GatewayId::new(c.str()?).map_err(|e| HistorianError::Chunk(e.to_string()))?;
     let point = PointId::new(c.str()?).map_err(|e| HistorianError::Chunk(e.to_string()))?;
     let min_ts = c.u64()? as i64;
     let max_ts = c.u64()? as i64;
     let count = c.u32()?;
-    let mut f = [0f64; 6];
-    for x in &mut f {
-        *x = f64::from_bits(c.u64()?);
-    }
-    let n = c.u32()?;
-    let first_ts = c.u64()? as i64;
-    let last_ts = c.u64()? as i64;
-    let stats = Stats {
-        count: u64::from(n),
-        min: f[0],
-        max: f[1],
-        mean: f[2],
-        m2: f[3],
-        first: f[4],
-        last: f[5],
-        first_ts,
-        last_ts,
+    let stats = c.stats()?;
+    let rollups = if with_rollups {
+        let b = c.take(2)?;
+        let n = usize::from(u16::from_le_bytes([b[0], b[1]]));
+        c.take(n * ROLLUP_BYTES)?
+    } else {
+        &[]
     };
-    Ok((SeriesKey { gateway, point }, generation, min_ts, max_ts, count, stats, c.0))
+    Ok((SeriesKey { gateway, point }, generation, min_ts, max_ts, count, stats, rollups, c.0))
+}
+
+/// The roll-ups of a chunk body: (window start, summary) in time order; empty for chunks written
+/// without them.
+pub fn read_rollups(body: &[u8]) -> Result<Vec<(i64, Stats)>, HistorianError> {
+    let (.., rollups, _) = decode_header(body)?;
+    let mut c = Cursor(rollups);
+    let mut out = Vec::with_capacity(rollups.len() / ROLLUP_BYTES);
+    while !c.0.is_empty() {
+        let start = c.u64()? as i64;
+        out.push((start, c.stats()?));
+    }
+    Ok(out)
 }
 
 /// Decodes a chunk body produced by [`encode_chunk`].
 pub fn decode_chunk(body: &[u8]) -> Result<Chunk, HistorianError> {
-    let (key, generation, min_ts, _max, count, _stats, bits) = decode_header(body)?;
+    let (key, generation, min_ts, _max, count, _stats, _rollups, bits) = decode_header(body)?;
     let mut r = BitReader::new(bits);
     let gridded = r.read_bit()?;
     let mut base_ts = min_ts;
@@ -580,7 +660,7 @@ impl Historian {
         let mut series: HashMap<SeriesKey, SeriesState> = HashMap::new();
         let mut bad = 0u64;
         store.load(committed, &mut |day, offset, len, body| match decode_header(body) {
-            Ok((key, generation, min_ts, max_ts, count, stats, _)) => {
+            Ok((key, generation, min_ts, max_ts, count, stats, ..)) => {
                 series.entry(key).or_default().chunks.push(ChunkMeta {
                     day,
                     offset,
@@ -820,11 +900,28 @@ impl Historian {
                 if c.max_ts < from_ms || c.min_ts >= to_ms {
                     continue;
                 }
-                if c.min_ts >= from_ms && c.max_ts < to_ms && idx(c.min_ts) == idx(c.max_ts) {
+                let fits = |first: i64, last: i64| first >= from_ms && last < to_ms && idx(first) == idx(last);
+                if fits(c.min_ts, c.max_ts) {
                     buckets[idx(c.min_ts)].merge(&c.stats);
-                } else {
-                    for s in self.chunk_samples(c)? {
-                        add(&s, &mut buckets);
+                    continue;
+                }
+                // Roll-ups that fall in one bucket are merged whole; the samples of the others
+                // (range edges, buckets not a multiple of the window) are decoded.
+                let body = self.store.read(c.day, c.offset, c.len)?;
+                let rollups = read_rollups(&body)?;
+                let mut merged = Vec::new();
+                for (start, r) in &rollups {
+                    if fits(r.first_ts, r.last_ts) {
+                        buckets[idx(r.first_ts)].merge(r);
+                        merged.push(*start);
+                    }
+                }
+                let all_merged = !rollups.is_empty() && merged.len() == rollups.len();
+                if c.stats.count > 0 && !all_merged {
+                    for s in decode_chunk(&body)?.samples {
+                        if merged.binary_search(&rollup_start(s.ts_ms)).is_err() {
+                            add(&s, &mut buckets);
+                        }
                     }
                 }
             }
@@ -903,7 +1000,7 @@ mod tests {
                     (x, y) => prop_assert_eq!(x, y),
                 }
             }
-            let (_, _, _, _, _, hstats, _) = decode_header(&body).unwrap();
+            let (_, _, _, _, _, hstats, ..) = decode_header(&body).unwrap();
             prop_assert_eq!(hstats.count, stats.count);
             // Every truncation fails cleanly, never panics.
             for cut in [0, body.len() / 3, body.len() / 2, body.len().saturating_sub(1)] {
@@ -931,7 +1028,8 @@ mod tests {
         let plain = encode_body(&samples, samples[0].ts_ms, None).unwrap();
         assert!(grid(&samples).is_some());
         // At least 2 bits per sample saved (9-bit delta-of-deltas become 1 bit + 5-bit residuals).
-        assert!(body.len() + 2048 * 2 / 8 < plain.len(), "grid {} vs plain {}", body.len(), plain.len());
+        let (.., bits) = decode_header(&body).unwrap();
+        assert!(bits.len() + 2048 * 2 / 8 < plain.len(), "grid {} vs plain {}", bits.len(), plain.len());
         assert_eq!(decode_chunk(&body).unwrap().samples, samples);
         // A gap of a day in the middle: residuals too wide, the plain codec is used and still exact.
         let mut gappy = samples.clone();
@@ -1031,7 +1129,12 @@ mod tests {
     fn check(h: &Historian, k: &SeriesKey, all: &[Sample], t0: i64) {
         let mut sorted = all.to_vec();
         sorted.sort_by_key(|s| s.ts_ms);
+        // Windows aligned to the roll-ups (merged from them) and not aligned (decoded), mixed.
+        let t0r = rollup_start(t0);
         for (from, to, bucket) in [
+            (t0r, t0r + 11_100_000, ROLLUP_MS),
+            (t0r + 2 * ROLLUP_MS, t0r + 7_200_000, 3 * ROLLUP_MS),
+            (t0r - ROLLUP_MS, t0r + 3_600_000 + 12_345, 2 * ROLLUP_MS),
             (t0, t0 + 11_000_000, 60_000),
             (t0 - 5000, t0 + 3_333_333, 777_777),
             (t0 + 1_234_567, t0 + 1_300_000, 1000),
@@ -1056,6 +1159,54 @@ mod tests {
                 assert_eq!(a, b);
             }
         }
+    }
+
+    #[test]
+    fn dense_chunks_carry_rollups_that_sum_to_the_chunk_and_slow_ones_none() {
+        let k = key("TK101.LT1");
+        let t0 = 1_795_000_000_000i64;
+        let dense: Vec<Sample> = (0..2048).map(|i| sample(t0 + i * 1000, (i % 97) as f64, Quality::GOOD)).collect();
+        let (body, stats) = encode_chunk(&k, 1, &dense).unwrap();
+        let rollups = read_rollups(&body).unwrap();
+        assert_eq!(rollups.len() as i64, (rollup_start(t0 + 2047 * 1000) - rollup_start(t0)) / ROLLUP_MS + 1);
+        let mut sum = Stats::default();
+        for (start, r) in &rollups {
+            assert_eq!(*start, rollup_start(r.first_ts));
+            assert_eq!(rollup_start(r.last_ts), *start);
+            sum.merge(r);
+        }
+        assert_eq!(sum.count, stats.count);
+        assert!((sum.mean - stats.mean).abs() < 1e-9 && (sum.m2 - stats.m2).abs() < 1e-6);
+        assert_eq!(decode_chunk(&body).unwrap().samples, dense);
+        let slow: Vec<Sample> = (0..2048).map(|i| sample(t0 + i * 60_000, 1.0, Quality::GOOD)).collect();
+        assert!(read_rollups(&encode_chunk(&k, 1, &slow).unwrap().0).unwrap().is_empty());
+    }
+
+    #[test]
+    fn chunks_written_before_rollups_still_decode_and_aggregate() {
+        let k = key("TK101.LT1");
+        let t0 = 1_795_000_000_000i64;
+        let samples: Vec<Sample> = (0..2048).map(|i| sample(t0 + i * 1000, i as f64, Quality::GOOD)).collect();
+        let (v2, _) = encode_chunk(&k, 1, &samples).unwrap();
+        // The old layout: the same header without the roll-up count and roll-ups.
+        let (.., rollups, bits) = decode_header(&v2).unwrap();
+        let header_len = v2.len() - bits.len() - rollups.len() - 2;
+        let mut v1 = b"VC1".to_vec();
+        v1.extend_from_slice(&v2[3..header_len]);
+        v1.extend_from_slice(bits);
+        assert_eq!(decode_chunk(&v1).unwrap().samples, samples);
+        assert!(read_rollups(&v1).unwrap().is_empty());
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut store = FileChunkStore::open(dir.path()).unwrap();
+            store.append(t0.div_euclid(DAY_MS), &v1).unwrap();
+            store.sync().unwrap();
+        }
+        let h = Historian::open(Box::new(FileChunkStore::open(dir.path()).unwrap()), 1, 1_000_000).unwrap();
+        let from = rollup_start(t0);
+        let got = h.aggregate(&k, from, from + 3 * 3_600_000, ROLLUP_MS).unwrap();
+        let want = brute(&samples, from, from + 3 * 3_600_000, ROLLUP_MS);
+        assert_eq!(got.iter().map(|b| b.stats.count).collect::<Vec<_>>(), want.iter().map(|w| w.0).collect::<Vec<_>>());
     }
 
     #[test]

@@ -12,7 +12,7 @@ use vigil_central::api::{ApiState, Role};
 use vigil_central::config::{ApiConfig, EnrolSettings};
 use vigil_central::historian::{FileChunkStore, Historian};
 use vigil_central::identity::{AuthConfig, NewUser};
-use vigil_common::{GatewayId, SigningKey};
+use vigil_common::{GatewayId, SigningKey, enrolment};
 
 const PASSWORD: &str = "Correct-Horse-7";
 
@@ -79,7 +79,11 @@ fn redeem_body(token: &str, key: &SigningKey, cn: &str) -> String {
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     params.distinguished_name.push(rcgen::DnType::CommonName, cn);
     let csr = params.serialize_request(&tls).unwrap().pem().unwrap();
-    serde_json::json!({ "token": token, "public_key": key.public_key().to_text(), "csr": csr }).to_string()
+    let public_key = key.public_key().to_text();
+    let k = enrolment::token_key(token);
+    let mac = enrolment::request_mac(&k, &public_key, &csr);
+    serde_json::json!({ "token_id": enrolment::token_id(&k), "public_key": public_key, "csr": csr, "mac": mac })
+        .to_string()
 }
 
 fn metric(text: &str, name: &str) -> u64 {
@@ -109,9 +113,22 @@ async fn a_token_enrols_its_gateway_once_and_everything_else_is_refused() {
     assert_eq!(wrong.header("content-type"), Some("application/problem+json"));
     assert!(wrong.json()["detail"].as_str().unwrap().contains("gw-new"), "{}", wrong.body);
 
+    // A request altered on the way (another key put in after the MAC was made) is refused and
+    // does not use the token up.
+    let mut forged: serde_json::Value = serde_json::from_str(&redeem_body(&token, &key, "gw-new")).unwrap();
+    forged["public_key"] = serde_json::Value::String(SigningKey::generate().unwrap().public_key().to_text());
+    let a = request(api.port, "POST", "/api/v1/enrol", None, &[], Some(&forged.to_string())).await;
+    assert_eq!(a.status, 401, "{}", a.body);
+    assert_eq!(a.json()["reason"], "bad_proof");
+
     // Redeemed once: the key is registered, the certificate chains to the CA with CN = gateway id.
     let ok = api.redeem(&token, &key, "gw-new").await;
     assert_eq!(ok.status, 200, "{}", ok.body);
+    // The answer is authenticated by the token: its MAC verifies, and not for another body.
+    let mac = ok.header(enrolment::ANSWER_MAC_HEADER).expect("answer MAC header").to_owned();
+    let k = enrolment::token_key(&token);
+    assert!(enrolment::answer_mac_ok(&k, ok.body.as_bytes(), &mac));
+    assert!(!enrolment::answer_mac_ok(&k, ok.body.replace("gw-new", "gw-evil").as_bytes(), &mac));
     let e = ok.json();
     assert_eq!((e["gateway"].as_str(), e["enterprise"].as_str()), (Some("gw-new"), Some("ent-a")));
     assert_eq!(e["central_public_key"].as_str(), Some(api.central_key.as_str()));
@@ -183,6 +200,7 @@ async fn a_token_enrols_its_gateway_once_and_everything_else_is_refused() {
     assert!(refused(&metrics, "expired") > refused(&metrics_before, "expired"));
     assert!(refused(&metrics, "unknown") > refused(&metrics_before, "unknown"));
     assert!(refused(&metrics, "bad_request") > refused(&metrics_before, "bad_request"));
+    assert!(refused(&metrics, "bad_proof") > refused(&metrics_before, "bad_proof"));
     assert!(metric(&metrics, "vigil_enrol_redeemed_total") >= 2);
     api.state.calls.flush().await;
     let auditor = api.user("audrey", Role::Auditor, None).await;
@@ -227,4 +245,46 @@ async fn only_admins_and_assigned_field_technicians_create_tokens() {
     assert!(!a.body.contains("ent-b"), "a technician is not told other enterprises: {}", a.body);
     // Without a session the create and list endpoints answer 401.
     assert_eq!(request(api.port, "GET", "/api/v1/enrolments", None, &[], None).await.status, 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pending_token_can_be_revoked_and_is_then_refused() {
+    let api = start().await;
+    let admin = api.user("root", Role::ParkAdmin, None).await;
+    let tom = api.user("tom", Role::FieldTechnician, Some(&["ent-a"])).await;
+    let eve = api.user("eve", Role::EnterpriseUser, Some(&["ent-b"])).await;
+    let token_b = api.create(&admin, "gw-b1", "ent-b", 600).await.json()["token"].as_str().unwrap().to_owned();
+    let token_a = api.create(&tom, "gw-a1", "ent-a", 600).await.json()["token"].as_str().unwrap().to_owned();
+    let all = request(api.port, "GET", "/api/v1/enrolments", Some(&admin), &[], None).await.json();
+    let id_of = |gw: &str| {
+        all["items"].as_array().unwrap().iter().find(|e| e["gateway"] == gw).unwrap()["id"].as_str().unwrap().to_owned()
+    };
+    let (id_a, id_b) = (id_of("gw-a1"), id_of("gw-b1"));
+    let delete = |who: String, id: String| async move {
+        request(api.port, "DELETE", &format!("/api/v1/enrolments/{id}"), Some(&who), &[], None).await
+    };
+    // Another enterprise's token is not found for a technician; an enterprise user may not revoke.
+    let r = delete(tom.clone(), id_b.clone()).await;
+    assert_eq!(r.status, 404, "{}", r.body);
+    assert_eq!(r.headers.iter().find(|(k, _)| k == "content-type").unwrap().1, "application/problem+json");
+    assert_eq!(delete(eve.clone(), id_b.clone()).await.status, 403);
+    assert_eq!(delete(tom.clone(), "not-an-id".into()).await.status, 404);
+    // The technician revokes the token of an assigned enterprise: it is no longer pending or usable.
+    let r = delete(tom.clone(), id_a.clone()).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["gateway"], "gw-a1");
+    assert_eq!(delete(tom.clone(), id_a.clone()).await.status, 404, "revoked once");
+    let left = request(api.port, "GET", "/api/v1/enrolments", Some(&admin), &[], None).await.json();
+    assert_eq!(left["items"].as_array().unwrap().len(), 1);
+    let key = SigningKey::generate().unwrap();
+    let refused = api.redeem(&token_a, &key, "gw-a1").await;
+    assert_eq!(refused.status, 410, "{}", refused.body);
+    assert_eq!(refused.json()["reason"], "revoked");
+    assert!(api.state.registry.enterprise_of(&GatewayId::new("gw-a1").unwrap()).await.unwrap().is_none());
+    // The other token still enrols; a used token cannot be revoked.
+    assert_eq!(api.redeem(&token_b, &key, "gw-b1").await.status, 200);
+    assert_eq!(delete(admin.clone(), id_b).await.status, 404);
+    let (_, metrics) = support::http_get(api.port, "/metrics").unwrap();
+    assert_eq!(metric(&metrics, "vigil_enrol_tokens_revoked_total"), 1);
+    assert_eq!(metric(&metrics, "vigil_enrol_refused_total{reason=\"revoked\"}"), 1);
 }

@@ -6,6 +6,7 @@ pub mod ack;
 pub mod batch;
 pub mod codec;
 pub mod command;
+pub mod enrolment;
 pub mod envelope;
 pub mod event;
 pub mod keyfile;

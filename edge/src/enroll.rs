@@ -1,7 +1,10 @@
 //! `vigil-edge enroll`: the gateway enrols itself with a one-time token. Its Ed25519 signing key and
 //! its TLS key are generated here and written owner-only; only the public key and a certificate
 //! request (CN = gateway id) go to central (`POST /api/v1/enrol`, plain HTTP in this version), which
-//! answers the certificate, the park CA, central's public key and the broker's address. A
+//! answers the certificate, the park CA, central's public key and the broker's address. The token
+//! never travels: the request names it and carries a MAC keyed by it, and the answer is accepted only
+//! with central's MAC by the same token (`vigil_common::enrolment`), so a man in the middle can
+//! neither use the token nor slip the gateway another central key, CA or broker. A
 //! `gateway-enrolled.toml` snippet with those settings is written for the technician to merge into
 //! the gateway configuration.
 
@@ -12,6 +15,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use hyper::http;
+use vigil_common::enrolment;
 use vigil_edge::sources::camera::client::{self, FetchError};
 
 /// The signing key's file name in the output directory.
@@ -100,7 +104,15 @@ pub async fn enroll(central: &str, token: &str, id: &str, dir: &Path) -> Result<
     let csr = params.serialize_request(&tls_key).context("making the certificate request")?;
     let csr_pem = csr.pem().context("encoding the certificate request")?;
 
-    let body = serde_json::json!({ "token": token, "public_key": signing.public_key().to_text(), "csr": csr_pem });
+    // The token stays here: central gets its id and a MAC keyed by it, and proves itself the same way.
+    let token_key = enrolment::token_key(token);
+    let public_key = signing.public_key().to_text();
+    let body = serde_json::json!({
+        "token_id": enrolment::token_id(&token_key),
+        "mac": enrolment::request_mac(&token_key, &public_key, &csr_pem),
+        "public_key": public_key,
+        "csr": csr_pem,
+    });
     let headers = [("content-type", "application/json".to_owned())];
     let answer = client::send(http::Method::POST, &url, &headers, body.to_string().into_bytes(), TIMEOUT, MAX_ANSWER)
         .await
@@ -121,6 +133,16 @@ pub async fn enroll(central: &str, token: &str, id: &str, dir: &Path) -> Result<
             _ => "central could not enrol the gateway",
         };
         bail!("{what} (HTTP {}): {detail}", answer.status);
+    }
+    let mac = answer.headers.get(enrolment::ANSWER_MAC_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if !enrolment::answer_mac_ok(&token_key, &answer.body, mac) {
+        bail!(
+            "central's answer is not authenticated by the enrolment token ({}): it was altered between this \
+             gateway and central, or {base} is not the central that issued the token. Nothing was stored; \
+             check the address and the network path, then enrol again (with a new token if central \
+             reports this one used)",
+            if mac.is_empty() { "no MAC" } else { "wrong MAC" }
+        );
     }
     let e: Enrolled =
         serde_json::from_slice(&answer.body).context("central's enrolment answer is not what it should be")?;

@@ -161,3 +161,65 @@ fn wait_push(api_port: u16, token: &str, version: i64, d: &std::path::Path) -> (
         std::thread::sleep(Duration::from_millis(250));
     }
 }
+
+/// Someone between the gateway and central answers in central's place (or alters its answer):
+/// without central's MAC by the token, the gateway stores nothing and says why.
+#[test]
+fn an_answer_not_authenticated_by_the_token_is_refused_and_nothing_is_stored() {
+    vigil_tests::build_binaries().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let impostor = std::thread::spawn(move || {
+        use std::io::{Read as _, Write as _};
+        let (mut s, _) = listener.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut req = Vec::new();
+        let mut buf = [0u8; 4096];
+        // Read the head and the declared body, then answer a plausible enrolment with a bad MAC.
+        loop {
+            let n = s.read(&mut buf).unwrap();
+            req.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&req).to_string();
+            if let Some(end) = text.find("\r\n\r\n") {
+                let len: usize = text
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap())
+                    })
+                    .unwrap_or(0);
+                if req.len() >= end + 4 + len {
+                    break;
+                }
+            }
+            assert!(n > 0, "client closed early");
+        }
+        let body = serde_json::json!({
+            "gateway": "gw-mitm", "enterprise": "ent-a", "cert_pem": "x", "ca_pem": "x",
+            "central_public_key": "ed25519:00", "broker": { "host": "evil", "port": 1 },
+        })
+        .to_string();
+        let answer = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nvigil-enrolment-mac: {}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            "ab".repeat(32),
+            body.len()
+        );
+        s.write_all(answer.as_bytes()).unwrap();
+        String::from_utf8_lossy(&req).to_string()
+    });
+    let gw_dir = dir.path().join("gw");
+    let token = "vigil-enrol-0123456789abcdef0123456789abcdef";
+    let central = format!("http://127.0.0.1:{port}");
+    let err = run_to_end(
+        "vigil-edge",
+        &["enroll", "--central", &central, "--token", token, "--id", "gw-mitm", "--dir", gw_dir.to_str().unwrap()],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("not authenticated by the enrolment token") && err.contains("wrong MAC"), "{err}");
+    let request = impostor.join().unwrap();
+    assert!(!request.contains(token), "the token itself was sent: {request}");
+    let left: Vec<_> =
+        std::fs::read_dir(&gw_dir).map(|d| d.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
+    assert!(left.is_empty(), "files left behind: {left:?}");
+}

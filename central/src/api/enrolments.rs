@@ -1,16 +1,19 @@
 //! Gateway enrolment over HTTP: `POST /enrolments` (an administrator creates a one-time token for a
-//! gateway id and enterprise), `GET /enrolments` (pending ones, never the tokens) and `POST /enrol`
+//! gateway id and enterprise), `GET /enrolments` (pending ones, never the tokens),
+//! `DELETE /enrolments/{id}` (revokes a pending token, e.g. one sent to the wrong person) and `POST /enrol`
 //! (public: the gateway redeems its token with its signing public key and a certificate request and
 //! gets its certificate, the park CA, central's public key and the broker's address). The token
-//! travels only in request bodies, which the API-call log does not record.
+//! itself never travels on redemption: the gateway names it and proves it holds it with a MAC over
+//! its request, and central's answer carries a MAC by the same token (`vigil_common::enrolment`).
+//! Tokens are shown once, in the create answer; the API-call log does not record request bodies.
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use serde::Deserialize;
-use vigil_common::{EnterpriseId, GatewayId, PublicKey};
+use vigil_common::{EnterpriseId, GatewayId, PublicKey, enrolment};
 
 use super::auth::Role;
 use super::calllog::CallActor;
@@ -36,9 +39,12 @@ struct CreateBody {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RedeemBody {
-    token: String,
+    /// Names the token (`vigil_common::enrolment::token_id`); the token itself never travels.
+    token_id: String,
     public_key: String,
     csr: String,
+    /// `vigil_common::enrolment::request_mac` over `public_key` and `csr`, keyed by the token.
+    mac: String,
 }
 
 /// `POST /enrolments`: 201 with the token (shown once) and its expiry.
@@ -89,6 +95,26 @@ async fn list(State(st): State<ApiState>, p: Principal) -> Result<axum::Json<ser
     Ok(page(all.into_iter().filter(|e| p.sees_name(&e.enterprise)).collect(), None))
 }
 
+/// `DELETE /enrolments/{id}`: revokes a pending enrolment the caller may see; 404 otherwise.
+async fn revoke(
+    State(st): State<ApiState>,
+    p: Principal,
+    Path(id): Path<String>,
+) -> Result<axum::Json<crate::enrol::Pending>, ApiError> {
+    p.require(ENROL)?;
+    let revoked = Enrolments::new(&st.registry)
+        .revoke(&id, |e| p.sees_name(e), &p.user, now_ms())
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let Some(revoked) = revoked else {
+        return Err(ApiError::not_found(format!(
+            "no pending enrolment {id} (ids are listed by GET /api/v1/enrolments; a used token cannot be revoked: revoke the gateway instead)"
+        )));
+    };
+    tracing::info!(gateway = %revoked.gateway, enterprise = %revoked.enterprise, by = %p.user, id = %revoked.id, "enrolment token revoked");
+    Ok(axum::Json(revoked))
+}
+
 fn refused(why: Refusal) -> Response {
     METRICS.refuse(Some(why));
     let (status, detail) = match why {
@@ -100,6 +126,13 @@ fn refused(why: Refusal) -> Response {
             (StatusCode::GONE, "the enrolment token was used already; a token enrols once: ask for a new one")
         }
         Refusal::Expired => (StatusCode::GONE, "the enrolment token has expired; ask for a new one"),
+        Refusal::Revoked => {
+            (StatusCode::GONE, "the enrolment token was revoked by an administrator; ask for a new one")
+        }
+        Refusal::BadProof => (
+            StatusCode::UNAUTHORIZED,
+            "the request's MAC does not verify with the enrolment token it names: it was altered on the way, or made without the token",
+        ),
     };
     problem(status, detail, serde_json::json!({ "reason": why.as_str() }))
 }
@@ -155,10 +188,14 @@ async fn redeem(State(st): State<ApiState>, headers: HeaderMap, JsonBody(body): 
 async fn redeem_inner(st: &ApiState, headers: &HeaderMap, body: RedeemBody) -> Result<Response, Response> {
     let ents = Enrolments::new(&st.registry);
     let internal = |e: crate::store::StoreError| ApiError::internal(e.to_string()).into_response();
-    let ticket = match ents.check(&body.token, now_ms()).await.map_err(internal)? {
+    let proves = |k: &[u8; 32]| enrolment::request_mac_ok(k, &body.public_key, &body.csr, &body.mac);
+    let ticket = match ents.check(body.token_id.trim(), proves, now_ms()).await.map_err(internal)? {
         Ok(t) => t,
         Err(why) => return Err(refused(why)),
     };
+    let token_key: [u8; 32] = hex::decode(&ticket.hash).ok().and_then(|k| k.try_into().ok()).ok_or_else(|| {
+        ApiError::internal(format!("enrolment {}: stored key is not 32 bytes of hex", body.token_id)).into_response()
+    })?;
     let key = PublicKey::from_text(body.public_key.trim())
         .map_err(|e| unfit(format!("public_key: {e}; expected ed25519:<hex>")).into_response())?;
     let m = material(st).map_err(IntoResponse::into_response)?;
@@ -198,12 +235,29 @@ async fn redeem_inner(st: &ApiState, headers: &HeaderMap, body: RedeemBody) -> R
         "central_public_key": m.central_key.to_text(),
         "broker": { "host": host, "port": s.broker_port },
     });
-    let mut resp = axum::Json(answer).into_response();
+    let answer = answer.to_string();
+    let mac = enrolment::answer_mac(&token_key, answer.as_bytes());
+    let mut resp = (
+        [
+            (header::CONTENT_TYPE, "application/json".to_owned()),
+            (
+                enrolment::ANSWER_MAC_HEADER
+                    .parse()
+                    .map_err(|_| ApiError::internal("mac header name").into_response())?,
+                mac,
+            ),
+        ],
+        answer,
+    )
+        .into_response();
     resp.extensions_mut().insert(CallActor { user: format!("gateway:{}", ticket.gateway), role: None });
     Ok(resp)
 }
 
 /// The enrolment routes.
 pub fn routes() -> Router<ApiState> {
-    Router::new().route("/api/v1/enrolments", get(list).post(create)).route("/api/v1/enrol", post(redeem))
+    Router::new()
+        .route("/api/v1/enrolments", get(list).post(create))
+        .route("/api/v1/enrolments/{id}", delete(revoke))
+        .route("/api/v1/enrol", post(redeem))
 }

@@ -214,6 +214,7 @@ pub fn router(state: ApiState) -> Router {
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::authenticate))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(max_body))
         .layer(axum::middleware::from_fn_with_state(state.clone(), limits))
+        .layer(axum::middleware::from_fn(problem_documents))
         .layer(axum::middleware::from_fn_with_state(state.calls.clone(), calllog::record))
         .with_state(state)
 }
@@ -221,6 +222,45 @@ pub fn router(state: ApiState) -> Router {
 /// The answer for a path no route matches.
 async fn no_route() -> ApiError {
     ApiError::not_found("no such resource")
+}
+
+/// Longest plain-text error body turned into a problem document's `detail`.
+const MAX_REJECTION_TEXT: usize = 4096;
+
+/// Turns every error answered without a problem document (axum's own rejections of a malformed path
+/// or query, 405 for a method a path lacks, the body-size layer's 413) into one, so clients need to
+/// parse only one error format. The status and headers such as `Allow` are kept.
+async fn problem_documents(req: Request, next: axum::middleware::Next) -> Response {
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let is_problem = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/problem+json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_problem {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let text = match axum::body::to_bytes(body, MAX_REJECTION_TEXT).await {
+        Ok(b) => String::from_utf8_lossy(&b).trim().to_owned(),
+        Err(_) => String::new(),
+    };
+    let detail = if text.is_empty() {
+        match status {
+            StatusCode::METHOD_NOT_ALLOWED => "this resource does not answer that method (see Allow)".to_owned(),
+            _ => status.canonical_reason().unwrap_or("error").to_owned(),
+        }
+    } else {
+        text
+    };
+    let mut out = problem(status, &detail, serde_json::json!({}));
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            out.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    out
 }
 
 /// Refuses oversized bodies up front and bounds the time to the response head (a streaming body,

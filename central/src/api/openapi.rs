@@ -238,6 +238,14 @@ pub const OPERATIONS: &[Operation] = &[
         Access::Roles(enrolments::ENROL),
         (200, "EnrolmentPage"),
     ),
+    op(
+        "delete",
+        "/api/v1/enrolments/{id}",
+        "enrolment",
+        "Revoke a pending enrolment token (its id as listed); a used one cannot be revoked",
+        Access::Roles(enrolments::ENROL),
+        (200, "Enrolment"),
+    ),
     with_body(
         op(
             "post",
@@ -532,8 +540,10 @@ fn enrolment_schemas(ms: &Value) -> Value {
         "Enrolment": { "type": "object", "properties": { "id": { "type": "string" }, "gateway": { "type": "string" },
             "enterprise": { "type": "string" }, "created_by": { "type": "string" }, "created_ms": ms, "expires_ms": ms } },
         "EnrolmentPage": page("Enrolment"),
-        "Enrol": { "type": "object", "required": ["token", "public_key", "csr"], "additionalProperties": false,
-            "properties": { "token": { "type": "string" }, "public_key": { "type": "string", "description": "ed25519:<hex>" },
+        "Enrol": { "type": "object", "required": ["token_id", "public_key", "csr", "mac"], "additionalProperties": false,
+            "description": "The token never travels: token_id names it (first 12 hex digits of SHA-256(token)), mac proves it (HMAC-SHA256 keyed by SHA-256(token), docs/PROTOCOL.md). The answer's MAC is in the vigil-enrolment-mac header.",
+            "properties": { "token_id": { "type": "string" }, "mac": { "type": "string", "description": "hex" },
+            "public_key": { "type": "string", "description": "ed25519:<hex>" },
             "csr": { "type": "string", "description": "PEM certificate signing request, CN = the gateway id" } } },
         "Enrolled": { "type": "object", "required": ["gateway", "enterprise", "cert_pem", "ca_pem", "central_public_key", "broker"],
             "properties": { "gateway": { "type": "string" }, "enterprise": { "type": "string" },

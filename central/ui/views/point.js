@@ -14,6 +14,7 @@ import { sourceOf, gradeBadge, stateOf } from './alarms.js';
 
 const PRESETS = [['1h', 3600e3], ['1d', 86400e3], ['7d', 7 * 86400e3], ['30d', 30 * 86400e3], ['1y', 365 * 86400e3]];
 const BUCKETS = 600;
+const NICE_BUCKETS_S = [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400];
 const LIMIT_COLOURS = { hh: '#ff4d4f', h: '#ffa940', l: '#ffa940', ll: '#ff4d4f' };
 let preset = '1h';
 
@@ -121,7 +122,10 @@ export async function render(main, key) {
     to = to ?? now;
     from = from ?? now - span;
     range = [from, to];
-    const bucket = Math.max(1000, Math.ceil((to - from) / BUCKETS / 1000) * 1000);
+    // A "nice" bucket aligned to the UTC epoch: from 5 minutes up, central answers from its
+    // pre-computed 5-minute roll-ups instead of decoding every sample of the range.
+    const bucket = NICE_BUCKETS_S.map((s) => s * 1000).find((b) => b >= (to - from) / BUCKETS) ?? 86400e3;
+    from = Math.floor(from / bucket) * bucket;
     fill(infoEl, t('loading'));
     try {
       const agg = await get('/aggregate', { point: key, from, to, bucket_ms: bucket });

@@ -3,7 +3,8 @@
 //! points (40 %), the alarm list (40 %) and a one-day 5-minute aggregate of a point holding a day
 //! of 1 s data (20 %). Server and clients share this process and machine (2 cores here), so the
 //! figures include the clients' own CPU. Every call also goes through the API-call log.
-//! Run with `cargo run --release -p vigil-tools --bin bench-api [-- --clients 300 --seconds 20]`.
+//! Run with `cargo run --release -p vigil-tools --bin bench-api [-- --clients 300 --seconds 20]`
+//! (`--think-ms 1000`: clients that pause between requests, as people at screens do; `--unaligned`).
 
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -40,6 +41,13 @@ struct Args {
     /// Open alarms in the engine.
     #[arg(long, default_value_t = 200)]
     alarms: usize,
+    /// Ask the one-day aggregate from the day's first sample instead of from a 5-minute boundary
+    /// (as the trend view asks since its buckets are aligned): no roll-up fits, every sample is decoded.
+    #[arg(long)]
+    unaligned: bool,
+    /// Think time between a client's requests, ms (uniform in 0.5x..1.5x; 0: closed loop, saturation).
+    #[arg(long, default_value_t = 0)]
+    think_ms: u64,
 }
 
 /// A keep-alive HTTP/1.1 connection (responses must carry Content-Length, as axum's JSON ones do).
@@ -209,6 +217,8 @@ async fn main() -> Result<()> {
     println!("{} logins (Argon2id each, sequential) in {:.1} s", args.clients, login.elapsed().as_secs_f64());
 
     let points = Arc::new(points);
+    let agg_from = if args.unaligned { DAY_START_MS } else { DAY_START_MS - DAY_START_MS.rem_euclid(300_000) };
+    let think_ms = args.think_ms;
     let until = Instant::now() + Duration::from_secs(args.seconds);
     let mut tasks = Vec::new();
     for (i, (mut conn, token)) in conns.into_iter().enumerate() {
@@ -230,8 +240,8 @@ async fn main() -> Result<()> {
                     (
                         2,
                         format!(
-                            "/api/v1/aggregate?point=gw-day/day{d}&from={DAY_START_MS}&to={}&bucket_ms=300000",
-                            DAY_START_MS + DAY_MS
+                            "/api/v1/aggregate?point=gw-day/day{d}&from={agg_from}&to={}&bucket_ms=300000",
+                            agg_from + DAY_MS
                         ),
                     )
                 };
@@ -239,6 +249,10 @@ async fn main() -> Result<()> {
                 match conn.call("GET", &path, Some(&token), "").await {
                     Ok((200, _)) => lat[kind].push(t.elapsed().as_secs_f64() * 1000.0),
                     Ok(_) | Err(_) => errors += 1,
+                }
+                if think_ms > 0 {
+                    let pause = think_ms / 2 + rng.next() % think_ms.max(1);
+                    tokio::time::sleep(Duration::from_millis(pause)).await;
                 }
             }
             (lat, errors)
@@ -257,8 +271,13 @@ async fn main() -> Result<()> {
     let mut total: Vec<f64> = all.iter().flatten().copied().collect();
     total.sort_by(f64::total_cmp);
     println!(
-        "{} clients, {} s: {} requests ({:.0}/s), {errors} errors",
+        "{} clients ({}), {} s: {} requests ({:.0}/s), {errors} errors",
         args.clients,
+        match (think_ms, args.unaligned) {
+            (0, false) => "closed loop, aligned aggregate".to_owned(),
+            (0, true) => "closed loop, unaligned aggregate".to_owned(),
+            (t, a) => format!("think {t} ms, {} aggregate", if a { "unaligned" } else { "aligned" }),
+        },
         args.seconds,
         total.len(),
         total.len() as f64 / args.seconds as f64

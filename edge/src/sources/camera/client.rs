@@ -16,6 +16,8 @@ pub struct Response {
     pub status: u16,
     /// `Content-Type`, if sent.
     pub content_type: Option<String>,
+    /// Every header of the answer.
+    pub headers: http::HeaderMap,
     /// The body.
     pub body: Vec<u8>,
 }
@@ -151,7 +153,7 @@ async fn exchange(
     if declared.is_some_and(|n| n > max_body as u64) {
         return Err(FetchError::TooLarge { limit: max_body });
     }
-    let mut incoming = resp.into_body();
+    let (parts, mut incoming) = resp.into_parts();
     let mut out = Vec::with_capacity(declared.map_or(0, |n| n as usize).min(max_body));
     while let Some(frame) = incoming.frame().await {
         let frame = frame.map_err(|e| http(&e))?;
@@ -162,7 +164,7 @@ async fn exchange(
             out.extend_from_slice(&data);
         }
     }
-    Ok(Response { status, content_type, body: out })
+    Ok(Response { status, content_type, headers: parts.headers, body: out })
 }
 
 struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
