@@ -96,6 +96,7 @@ expect_unit "ProtectSystem=strict"
 expect_unit "ProtectHome=yes"
 expect_unit "PrivateTmp=yes"
 expect_unit "ReadWritePaths=/var/lib/vigil"
+expect_unit "SystemCallFilter=adjtimex clock_adjtime"
 expect_unit "StateDirectory=vigil"
 expect_unit "CapabilityBoundingSet="
 expect_unit "SupplementaryGroups=dialout gpio"
@@ -137,6 +138,7 @@ expect_in() { grep -qF -- "$2" "$1" && ok "$(basename "$1"): $3" || fail "$(base
 expect_in "$postinst" "adduser --system --group" "creates the vigil system user"
 expect_in "$postinst" "install -d -o vigil -g vigil -m 0750 /var/lib/vigil" "data dir 0750 vigil:vigil"
 expect_in "$postinst" "install -d -o vigil -g vigil -m 0700 /etc/vigil/keys" "keys dir 0700 vigil"
+expect_in "$postinst" "install -d -o vigil -g vigil -m 0750 /var/lib/vigil/config" "push dir 0750 vigil:vigil"
 expect_in "$postinst" "chmod 0600" "key files 0600"
 expect_in "$postinst" "_action=restart" "restarts on upgrade"
 # shellcheck disable=SC2016 # the literal text of the script
@@ -170,12 +172,15 @@ if [ "${VIGIL_DEB_INSTALL_TEST:-0}" = 1 ]; then
         getent passwd vigil | grep -q ':/var/lib/vigil:/usr/sbin/nologin$' && ok "user vigil (home /var/lib/vigil, nologin)" || fail "user vigil: $(getent passwd vigil || echo missing)"
         id -u vigil >/dev/null 2>&1 && [ "$(id -u vigil)" -lt 1000 ] && ok "vigil is a system user" || fail "vigil is not a system user"
         expect_mode /var/lib/vigil "750 vigil:vigil"
+        expect_mode /var/lib/vigil/config "750 vigil:vigil"
         expect_mode /etc/vigil "750 root:vigil"
         expect_mode /etc/vigil/gateway.toml "640 root:vigil"
         expect_mode /etc/vigil/keys "700 vigil:vigil"
         [ -L /etc/systemd/system/multi-user.target.wants/vigil-edge.service ] && ok "unit enabled" || fail "unit not enabled"
         /usr/bin/vigil-edge --version >/dev/null && ok "installed binary runs" || fail "installed binary does not run"
-        if /usr/bin/vigil-edge check --config /etc/vigil/gateway.toml >/dev/null; then ok "shipped gateway.toml passes check"; else fail "shipped gateway.toml fails vigil-edge check"; fi
+        if /usr/bin/vigil-edge check --config /etc/vigil/gateway.toml >"$work/check.out"; then ok "shipped gateway.toml passes check"; else fail "shipped gateway.toml fails vigil-edge check"; fi
+        grep -q "^the agent runs: /etc/vigil/gateway.toml (installed file; no pushed configuration in /var/lib/vigil/config" "$work/check.out" &&
+            ok "check names the file the agent runs and the push directory" || fail "check output: $(cat "$work/check.out")"
         # A key made by hand as root, data in the spool, an edited conffile; then upgrade in place.
         /usr/bin/vigil-edge keygen --out /etc/vigil/keys/gateway.key >/dev/null 2>&1
         chmod 0644 /etc/vigil/keys/gateway.key

@@ -85,6 +85,26 @@ pub struct UpdateRecord {
     pub detail: String,
 }
 
+/// The gateway clock's synchronisation, as the gateway's kernel reports it (Linux `adjtimex`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum ClockSync {
+    /// The state could not be read.
+    #[default]
+    Unknown,
+    /// A time daemon keeps the clock synchronised.
+    Synced {
+        /// Estimated error, microseconds.
+        est_error_us: u64,
+        /// Maximum error, microseconds.
+        max_error_us: u64,
+    },
+    /// The clock is free-running: its timestamps may be off by any amount.
+    Unsynced {
+        /// Maximum error the kernel assumes, microseconds.
+        max_error_us: u64,
+    },
+}
+
 /// Birth (`online`) or death (`!online`) of a gateway's uplink.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GatewayState {
@@ -106,6 +126,8 @@ pub struct GatewayState {
     pub config: ConfigReport,
     /// Installed agent version and update history.
     pub update: UpdateReport,
+    /// The gateway clock's synchronisation when the message was made.
+    pub clock: ClockSync,
 }
 
 /// Why a state message was refused.

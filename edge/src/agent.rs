@@ -67,7 +67,7 @@ pub async fn run(plant: Arc<Plant>, stop: watch::Receiver<bool>) -> Result<Exit>
 /// Runs the agent with the given hardware until `stop` turns true or a restart is asked for.
 pub async fn run_with(plant: Arc<Plant>, stop: watch::Receiver<bool>, hardware: Hardware) -> Result<Exit> {
     let config = &plant.config;
-    let pushes = Arc::new(ConfigPush::open(&plant.file).context("configuration push status")?);
+    let pushes = Arc::new(ConfigPush::open(&plant.installed, &plant.file).context("configuration push status")?);
     let (shutdown_tx, shutdown) = watch::channel(false);
     let stopper = tokio::spawn({
         let restart = pushes.restart_requested();
@@ -140,6 +140,10 @@ pub async fn run_with(plant: Arc<Plant>, stop: watch::Receiver<bool>, hardware: 
                 uplink: uplink.as_ref().map(|u| u.metrics()),
                 batcher: batcher.metrics(),
                 acquisition: acquisition_metrics.clone(),
+                config: Box::new({
+                    let pushes = pushes.clone();
+                    move || pushes.describe()
+                }),
             };
             let board = Arc::new(crate::status::Board::new(&plant, status.events, handles));
             let (tap_tx, tap_rx) = mpsc::channel(RECORD_CHANNEL);

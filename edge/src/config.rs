@@ -556,6 +556,9 @@ pub struct Plant {
     pub config: Config,
     /// The file it came from.
     pub file: PathBuf,
+    /// The installed file it stands in for: `file` itself, or the one a pushed file overrides
+    /// (which anchors relative paths; see `config_push`).
+    pub installed: PathBuf,
     /// Buses.
     pub buses: Vec<BusConfig>,
     /// Devices.
@@ -1009,6 +1012,7 @@ pub fn resolve(config: Config, path: &Path) -> Result<Plant, ConfigErrors> {
         buses: config.buses.clone(),
         config,
         file: path.to_path_buf(),
+        installed: path.to_path_buf(),
         devices,
         points,
         levelling,

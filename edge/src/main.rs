@@ -239,7 +239,14 @@ fn main() -> Result<()> {
             let key = vigil_common::keyfile::load(&key).context("reading the gateway key")?;
             println!("{}", key.public_key().to_text());
         }
-        Command::Check(c) => check(&load(&c.config)?)?,
+        Command::Check(c) => {
+            check(&load(&c.config)?)?;
+            // Which file the agent runs: a pushed configuration may override this one.
+            match vigil_edge::config_push::select(&c.config) {
+                Ok(s) => emit(&format!("the agent runs: {}\n", s.reason))?,
+                Err(e) => emit(&format!("the agent runs: unknown ({e})\n"))?,
+            }
+        }
         Command::Read { config, device, json: _ } => {
             let plant = load(&config.config)?;
             if let Some(d) = &device
@@ -625,10 +632,11 @@ fn run(path: &Path) -> Result<()> {
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("SIGTERM handler")?;
         // Each turn runs one configuration file; a pushed one (or its rollback) ends the turn.
         loop {
-            let plant = match load(path) {
+            // The pushed configuration, or the installed file (see `config_push` for which wins).
+            let plant = match vigil_edge::config_push::load(path) {
                 Ok(p) => Arc::new(p),
-                Err(e) if roll_back_unloadable(path, &format!("{e:#}"))? => continue,
-                Err(e) => return Err(e),
+                Err(e) if roll_back_unloadable(path, &e.to_string())? => continue,
+                Err(e) => bail!("{e}\nnothing was started"),
             };
             let mut agent = tokio::spawn(vigil_edge::agent::run(plant, shutdown.clone()));
             let finished = tokio::select! {

@@ -1,7 +1,9 @@
 //! Configuration pushes against a real agent process (`vigil-edge run`), a real TLS Mosquitto and
 //! a stand-in central that signs `ApplyConfig` commands: a valid push is installed, restarted on and
 //! kept; a forged one is ignored; an invalid one is refused with the exact error while the old file
-//! stays; one that cuts the gateway off from central is rolled back by itself.
+//! stays; one that cuts the gateway off from central is rolled back by itself. Pushed files go to the
+//! push directory beside the spool, never over the installed file, which may be read-only (as
+//! `/etc/vigil/` is on a packaged gateway); an edit of the installed file wins over an earlier push.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -83,15 +85,18 @@ async fn pushed_configurations_are_validated_installed_kept_refused_or_rolled_ba
     let kept = wait_for(60, || outcome(&central, 1) == Some(PushResult::Applied)).await;
     assert!(kept, "version 1 applied; agent log:\n{}", log(&park));
     assert_eq!(running(&central), Some(1));
-    assert_eq!(std::fs::read_to_string(park.config_file()).unwrap(), v1, "the pushed file is in place");
-    let previous = park.dir.path().join("gateway.toml.previous");
+    let pushed = park.dir.path().join("config").join("gateway.toml");
+    assert_eq!(std::fs::read_to_string(&pushed).unwrap(), v1, "the pushed file is in the push directory");
+    assert_eq!(std::fs::read_to_string(park.config_file()).unwrap(), original, "the installed file is untouched");
+    let previous = park.dir.path().join("config").join("gateway.toml.previous");
     assert!(!previous.exists(), "nothing to roll back to once kept");
+    assert!(log(&park).contains("pushed version 1"), "the log says which file runs");
 
     // 2. Signed by another key: ignored, nothing changes.
     let forged = v1.replace("interval_ms = 25", "interval_ms = 30");
     push(&central, &SigningKey::generate().unwrap(), 2, &forged).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(std::fs::read_to_string(park.config_file()).unwrap(), v1, "a forged push changes nothing");
+    assert_eq!(std::fs::read_to_string(&pushed).unwrap(), v1, "a forged push changes nothing");
     assert!(outcome(&central, 2).is_none(), "and is not even reported as handled");
     assert!(log(&park).contains("command refused"), "the refusal is logged");
 
@@ -101,7 +106,7 @@ async fn pushed_configurations_are_validated_installed_kept_refused_or_rolled_ba
     assert!(wait_for(30, || matches!(outcome(&central, 2), Some(PushResult::Rejected(_)))).await, "version 2 refused");
     let Some(PushResult::Rejected(why)) = outcome(&central, 2) else { unreachable!() };
     assert!(why.contains("batch_max_age_ms") && why.contains("outside 10..=3600000"), "the exact error: {why}");
-    assert_eq!(std::fs::read_to_string(park.config_file()).unwrap(), v1, "the running file stays");
+    assert_eq!(std::fs::read_to_string(&pushed).unwrap(), v1, "the running file stays");
     assert_eq!(running(&central), Some(1));
     let batches_before = central.received.lock().unwrap().batches.len();
     let more = wait_for(10, || central.received.lock().unwrap().batches.len() > batches_before + 5).await;
@@ -117,6 +122,109 @@ async fn pushed_configurations_are_validated_installed_kept_refused_or_rolled_ba
     assert!(rolled_back, "version 3 rolled back; agent log:\n{}", log(&park));
     let Some(PushResult::RolledBack(why)) = outcome(&central, 3) else { unreachable!() };
     assert!(why.contains("did not reach central within 5 s"), "{why}");
-    assert_eq!(std::fs::read_to_string(park.config_file()).unwrap(), v1, "the previous file is back");
+    assert_eq!(std::fs::read_to_string(&pushed).unwrap(), v1, "the previous file is back");
+    assert_eq!(std::fs::read_to_string(park.config_file()).unwrap(), original, "the installed file is untouched");
     assert_eq!(running(&central), Some(1), "and runs as version 1");
+}
+
+/// The packaged layout without the package: the installed file in a read-only directory (as
+/// `/etc/vigil` under `ProtectSystem=strict`), the spool in a writable one. Pushes, their previous
+/// copy and the push status all land in `config/` beside the spool; which file runs follows the
+/// documented precedence. As root the directory permissions do not bite, so the paths are checked
+/// as well as the outcome.
+#[test]
+fn pushes_live_beside_the_spool_and_an_edit_of_the_installed_file_wins() {
+    use std::os::unix::fs::PermissionsExt as _;
+    use vigil_edge::config_push::{self, ConfigPush, Files, Received};
+
+    let dir = tempfile::tempdir().unwrap();
+    let (etc, var) = (dir.path().join("etc"), dir.path().join("var"));
+    std::fs::create_dir_all(&etc).unwrap();
+    std::fs::create_dir_all(&var).unwrap();
+    vigil_common::keyfile::create(&var.join("gw.key")).unwrap();
+    let central = SigningKey::generate().unwrap().public_key().to_text();
+    let text = format!(
+        "[gateway]\nid = \"gw-ro\"\nenterprise = \"ent-a\"\nkey_file = \"{v}/gw.key\"\n\n[spool]\npath = \"{v}/spool\"\n\n\
+         [uplink]\nhost = \"127.0.0.1\"\nport = 1883\nplaintext = true\ncentral_keys = [\"{central}\"]\n",
+        v = var.display()
+    );
+    let installed = etc.join("gateway.toml");
+    std::fs::write(&installed, &text).unwrap();
+    let read_only = |on: bool| {
+        std::fs::set_permissions(&etc, std::fs::Permissions::from_mode(if on { 0o555 } else { 0o755 })).unwrap()
+    };
+    read_only(true);
+    let etc_writable = std::fs::write(etc.join("probe"), b"x").is_ok();
+
+    // The path choice: `config` beside the spool directory.
+    let files = Files::of(&installed).unwrap();
+    assert_eq!(files.dir, var.join("config"));
+    assert_eq!(files.pushed, var.join("config").join("gateway.toml"));
+    let s = config_push::select(&installed).unwrap();
+    assert!(!s.pushed && s.file == installed, "no push yet: the installed file runs ({})", s.reason);
+    assert!(s.reason.contains("installed file"), "{}", s.reason);
+
+    // A push is installed in the push directory; the read-only installed file is untouched.
+    let plant = config_push::load(&installed).unwrap();
+    let store = ConfigPush::open(&plant.installed, &plant.file).unwrap();
+    let v1 = text.replace("port = 1883", "port = 1884");
+    assert_eq!(store.receive(1, &v1, &plant), Received::Installed);
+    assert_eq!(std::fs::read_to_string(&files.pushed).unwrap(), v1);
+    assert_eq!(std::fs::read_to_string(&installed).unwrap(), text);
+    assert!(var.join("config/gateway.toml.push.json").is_file(), "the push status is beside it");
+    assert!(!var.join("config/gateway.toml.previous").exists(), "it replaced the installed file: nothing to copy");
+    let s = config_push::select(&installed).unwrap();
+    assert!(s.pushed && s.version == 1 && s.reason.contains("on trial"), "{}", s.reason);
+    store.commit();
+    assert_eq!(store.report().running, 1);
+
+    // The next start loads the pushed file, anchored at the installed file's directory.
+    let plant = config_push::load(&installed).unwrap();
+    assert_eq!((plant.file.as_path(), plant.installed.as_path()), (files.pushed.as_path(), installed.as_path()));
+    assert_eq!(plant.config.uplink.as_ref().unwrap().port, 1884);
+    let store = ConfigPush::open(&plant.installed, &plant.file).unwrap();
+    assert_eq!(store.report().running, 1);
+    assert!(store.describe().contains("pushed version 1, kept"), "{}", store.describe());
+
+    // A second push keeps the first as the previous copy; a rollback puts it back.
+    let v2 = text.replace("port = 1883", "port = 1885");
+    assert_eq!(store.receive(2, &v2, &plant), Received::Installed);
+    assert_eq!(std::fs::read_to_string(var.join("config/gateway.toml.previous")).unwrap(), v1);
+    store.roll_back("test").unwrap();
+    assert_eq!(std::fs::read_to_string(&files.pushed).unwrap(), v1);
+    assert!(!var.join("config/gateway.toml.previous").exists());
+    assert_eq!(store.report().running, 1);
+
+    // A kept pushed file that no longer loads is skipped for the installed file.
+    std::fs::write(&files.pushed, v1.replace("[uplink]", "[uplink]\nno_such_key = 1")).unwrap();
+    assert_eq!(config_push::load(&installed).unwrap().file, installed, "the installed file runs instead");
+    std::fs::write(&files.pushed, &v1).unwrap();
+
+    // The technician edits the installed file: the edit wins, the pushed file is set aside.
+    read_only(false);
+    let edited = text.replace("port = 1883", "port = 1886");
+    std::fs::write(&installed, &edited).unwrap();
+    read_only(true);
+    let s = config_push::select(&installed).unwrap();
+    assert!(!s.pushed && s.overridden == Some(1) && s.reason.contains("edit wins"), "{}", s.reason);
+    let plant = config_push::load(&installed).unwrap();
+    assert_eq!(plant.file, installed);
+    assert_eq!(plant.config.uplink.as_ref().unwrap().port, 1886);
+    assert!(!files.pushed.exists() && var.join("config/gateway.toml.replaced").is_file());
+    let store = ConfigPush::open(&plant.installed, &plant.file).unwrap();
+    let report = store.report();
+    assert_eq!(report.running, 0, "the installed file runs as version 0");
+    let Some(PushResult::RolledBack(why)) = report.last_push.map(|l| l.result) else { panic!("a rollback") };
+    assert!(why.contains("edited on the gateway"), "{why}");
+
+    // A trial over the installed file rolls back to it (the pushed file goes away).
+    assert_eq!(store.receive(3, &v1, &plant), Received::Installed);
+    store.roll_back("test").unwrap();
+    assert!(!files.pushed.exists());
+    assert!(!config_push::select(&installed).unwrap().pushed);
+    assert_eq!(std::fs::read_to_string(&installed).unwrap(), edited);
+    read_only(false);
+    if !etc_writable {
+        eprintln!("the installed directory was really read-only");
+    }
 }

@@ -1,6 +1,8 @@
 //! The local status page with the real agent reading the real Modbus simulator over TCP: the page
 //! refuses a wrong or missing password, its JSON shows the points, devices and spool, `/metrics`
-//! is valid Prometheus text, and `vigil-edge status` prints the summary.
+//! is valid Prometheus text, and `vigil-edge status` prints the summary. The listener over real
+//! sockets: a client trickling its headers is cut off, connections over the limit are closed, and a
+//! normal request works afterwards.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::{Duration, Instant};
@@ -142,7 +144,12 @@ address = 3
     assert_eq!(speed["good"], false, "{speed}");
     assert_eq!(status["uplink"], "disabled");
     assert_eq!(status["version"], env!("CARGO_PKG_VERSION"));
-    assert!(status["clock"].as_str().unwrap().contains("unknown"));
+    assert!(!status["clock"].as_str().unwrap().is_empty());
+    let config = status["config"].as_str().unwrap();
+    assert!(
+        config.contains("installed file") && config.contains(&format!("{}", dir.path().join("config").display())),
+        "{config}"
+    );
     assert_eq!(status["spool"].as_array().unwrap().len(), 3);
     let backfill = status["spool"].as_array().unwrap().iter().find(|c| c["class"] == "backfill").unwrap();
     assert!(backfill["batches"].as_u64().unwrap() > 0 && backfill["oldest_unacked_s"].as_f64().is_some(), "{backfill}");
@@ -235,4 +242,157 @@ fn a_plaintext_password_or_an_open_listen_address_is_refused() {
     std::fs::write(&path, format!("{base}[status]\nlisten = \"0.0.0.0:8081\"\npassword_hash = \"plain\"\n")).unwrap();
     let e = vigil_edge::config::load(&path).unwrap_err().to_string();
     assert!(e.contains("status.listen") && e.contains("status.password_hash"), "{e}");
+}
+
+async fn connect(port: u16) -> tokio::net::TcpStream {
+    tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap()
+}
+
+/// Reads until the server closes (or `within` passes: then `None`).
+async fn read_to_close(stream: &mut tokio::net::TcpStream, within: Duration) -> Option<Vec<u8>> {
+    use tokio::io::AsyncReadExt as _;
+    let mut out = Vec::new();
+    tokio::time::timeout(within, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+    .ok()?;
+    Some(out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_listener_cuts_slow_headers_and_bounds_connections_and_request_size() {
+    use std::sync::Arc;
+    use tokio::io::AsyncWriteExt as _;
+    use vigil_edge::status::{Board, Handles, StatusConfig};
+
+    let dir = tempfile::tempdir().unwrap();
+    vigil_common::keyfile::create(&dir.path().join("gw.key")).unwrap();
+    let port = free_port();
+    let hash = vigil_edge::status::hash_password(PASSWORD).unwrap();
+    let text = format!(
+        "[gateway]\nid = \"gw-limits\"\nenterprise = \"e\"\nkey_file = \"{d}/gw.key\"\n[spool]\npath = \"{d}/spool\"\n\
+         [status]\nlisten = \"127.0.0.1:{port}\"\npassword_hash = \"{hash}\"\nheader_timeout_ms = 800\nmax_connections = 2\n",
+        d = dir.path().display()
+    );
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(&path, text).unwrap();
+    let plant = vigil_edge::config::load(&path).unwrap();
+    let config: StatusConfig = plant.config.status.clone().unwrap();
+    let handles = Handles {
+        spool: Box::new(vigil_edge::spool::SpoolStats::default),
+        online: Arc::default(),
+        uplink: None,
+        batcher: Arc::default(),
+        acquisition: Arc::default(),
+        config: Box::new(|| "test".into()),
+    };
+    let board = Arc::new(Board::new(&plant, 10, handles));
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let server = tokio::spawn(vigil_edge::status::serve(config, board, stop));
+    let base = format!("http://127.0.0.1:{port}");
+    let auth = Some(("technician", PASSWORD));
+    let start = Instant::now();
+    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+        assert!(start.elapsed() < Duration::from_secs(10), "the page never listened");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(900)).await; // the probe connection above timed out
+
+    // Slowloris: a request head one byte every 100 ms would take 5 s; it is cut at the 800 ms timeout.
+    let mut slow = connect(port).await;
+    let head = format!("GET /status.json HTTP/1.1\r\nhost: x\r\nx-padding: {}\r\n\r\n", "a".repeat(20));
+    let started = Instant::now();
+    let mut cut = None;
+    for b in head.as_bytes() {
+        if slow.write_all(&[*b]).await.is_err() {
+            cut = Some(started.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // The server closing shows as a read of 0 bytes (or a reset) while the head is unfinished.
+        let mut probe = [0u8; 64];
+        if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(1), slow.peek(&mut probe)).await
+            && n == 0
+        {
+            cut = Some(started.elapsed());
+            break;
+        }
+    }
+    let cut = cut.expect("the slow client was never cut off");
+    assert!(cut >= Duration::from_millis(700) && cut < Duration::from_secs(3), "cut after {cut:?}");
+    drop(slow);
+
+    // Two connections hold both slots; a third is told 503 and closed at once.
+    let held = [connect(port).await, connect(port).await];
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut third = connect(port).await;
+    let answer = read_to_close(&mut third, Duration::from_millis(500)).await.expect("closed at once, not held");
+    assert!(answer.is_empty() || answer.starts_with(b"HTTP/1.1 503"), "{}", String::from_utf8_lossy(&answer));
+    drop(held);
+
+    // Once the holders are gone a normal request works.
+    let start = Instant::now();
+    let ok = loop {
+        let r = client::send(
+            Method::GET,
+            &format!("{base}/status.json"),
+            &[(
+                "authorization",
+                format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("technician:{PASSWORD}"))),
+            )],
+            Vec::new(),
+            Duration::from_secs(10),
+            1 << 24,
+        )
+        .await;
+        if let Ok(r) = r
+            && r.status == 200
+        {
+            break r;
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "no normal request after the limit");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let s: serde_json::Value = serde_json::from_slice(&ok.body).unwrap();
+    assert_eq!(s["gateway"], "gw-limits");
+
+    // A head over max_request_bytes (16 KiB default) is refused; so is a body.
+    let mut big = connect(port).await;
+    let huge = format!("GET / HTTP/1.1\r\nhost: x\r\nx-big: {}\r\n\r\n", "b".repeat(40_000));
+    let _ = big.write_all(huge.as_bytes()).await;
+    let answer = read_to_close(&mut big, Duration::from_secs(3)).await.expect("closed");
+    assert!(answer.is_empty() || answer.starts_with(b"HTTP/1.1 431"), "{}", String::from_utf8_lossy(&answer));
+    let r = client::send(
+        Method::POST,
+        &format!("{base}/status.json"),
+        &[("authorization", "Basic eDp5".to_owned())],
+        vec![b'z'; 1000],
+        Duration::from_secs(5),
+        1 << 20,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 413);
+
+    // The counters on /metrics.
+    let m = get(&format!("{base}/metrics"), auth).await;
+    let text = String::from_utf8(m.body).unwrap();
+    let value = |name: &str| -> f64 {
+        text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok()).unwrap_or(-1.0)
+    };
+    assert!(value("vigil_edge_status_header_timeouts_total") >= 1.0, "{text}");
+    assert!(value("vigil_edge_status_connections_refused_total") >= 1.0, "{text}");
+    assert!(value("vigil_edge_status_requests_too_large_total") >= 2.0, "{text}");
+    assert!(value("vigil_edge_status_connections_accepted_total") >= 4.0, "{text}");
+    assert!(value("vigil_edge_status_connections_active") >= 1.0, "{text}");
+
+    stop_tx.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(15), server).await.unwrap().unwrap();
 }

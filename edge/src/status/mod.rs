@@ -7,6 +7,7 @@
 //! The [`Board`] learns from the records on their way to the batcher (a pass-through tap, so data
 //! still moves one way) and reads the spool and counters when a page is asked for.
 
+pub mod clock;
 mod page;
 mod server;
 
@@ -25,7 +26,7 @@ use crate::spool::{BatcherMetrics, SpoolStats, now_ms};
 use crate::uplink::UplinkMetrics;
 
 pub use page::{metrics_text, render_html, summary_text};
-pub use server::{fetch, hash_password, serve};
+pub use server::{CONNECTION_LIFETIME, ListenerMetrics, fetch, hash_password, serve};
 
 /// The `[status]` section of the gateway configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -41,6 +42,16 @@ pub struct StatusConfig {
     /// Recent events kept for the page (default 200).
     #[serde(default = "default_events")]
     pub events: usize,
+    /// A connection must deliver each request head within this (default 10000 ms; also bounds an
+    /// idle keep-alive connection), else it is closed: slow-header clients cannot pile up.
+    #[serde(default = "default_header_timeout_ms")]
+    pub header_timeout_ms: u64,
+    /// Connections open at once (default 16); one more gets a 503 and is closed.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Largest request head in bytes (default 16384, at least 8192); the page takes no body.
+    #[serde(default = "default_max_request_bytes")]
+    pub max_request_bytes: usize,
 }
 
 fn default_user() -> String {
@@ -48,6 +59,15 @@ fn default_user() -> String {
 }
 fn default_events() -> usize {
     200
+}
+fn default_header_timeout_ms() -> u64 {
+    10_000
+}
+fn default_max_connections() -> usize {
+    16
+}
+fn default_max_request_bytes() -> usize {
+    16 * 1024
 }
 
 impl StatusConfig {
@@ -71,6 +91,15 @@ impl StatusConfig {
         }
         if !(1..=10_000).contains(&self.events) {
             out.push(("events".into(), format!("{} is outside 1..=10000", self.events)));
+        }
+        if !(100..=300_000).contains(&self.header_timeout_ms) {
+            out.push(("header_timeout_ms".into(), format!("{} is outside 100..=300000", self.header_timeout_ms)));
+        }
+        if !(1..=1024).contains(&self.max_connections) {
+            out.push(("max_connections".into(), format!("{} is outside 1..=1024", self.max_connections)));
+        }
+        if !(8192..=1_048_576).contains(&self.max_request_bytes) {
+            out.push(("max_request_bytes".into(), format!("{} is outside 8192..=1048576", self.max_request_bytes)));
         }
         out
     }
@@ -147,8 +176,11 @@ pub struct Status {
     pub uptime_s: u64,
     /// `connected`, `disconnected` or `disabled` (no `[uplink]`).
     pub uplink: String,
-    /// Clock synchronisation as far as the agent knows.
+    /// Clock synchronisation in words: the kernel's NTP state and what `[acquisition] clock` says.
     pub clock: String,
+    /// The kernel's clock synchronisation state.
+    #[serde(default)]
+    pub clock_sync: clock::ClockSync,
     /// Spool epoch.
     pub spool_epoch: u64,
     /// Spool per class.
@@ -161,6 +193,9 @@ pub struct Status {
     pub events: Vec<EventView>,
     /// Update on trial, if any.
     pub update_trial: Option<String>,
+    /// The configuration file running (the installed one or a pushed one, and why).
+    #[serde(default)]
+    pub config: String,
 }
 
 /// Counters the board reads when asked (handed over by the agent).
@@ -175,6 +210,8 @@ pub struct Handles {
     pub batcher: Arc<BatcherMetrics>,
     /// Acquisition counters.
     pub acquisition: Arc<crate::sources::Metrics>,
+    /// Which configuration file runs and why (installed or pushed), in words.
+    pub config: Box<dyn Fn() -> String + Send + Sync>,
 }
 
 /// What the status page knows: filled by the tap, read by the server.
@@ -194,6 +231,8 @@ pub struct Board {
     pub auth_failures: AtomicU64,
     /// Requests served.
     pub requests: AtomicU64,
+    /// The listener's connection counters.
+    pub listener: Arc<ListenerMetrics>,
 }
 
 fn value_json(v: &Value) -> serde_json::Value {
@@ -283,6 +322,7 @@ impl Board {
             records: AtomicU64::new(0),
             auth_failures: AtomicU64::new(0),
             requests: AtomicU64::new(0),
+            listener: Arc::default(),
         }
     }
 
@@ -391,10 +431,12 @@ impl Board {
             (Some(_), true) => "connected",
             (Some(_), false) => "disconnected",
         };
-        let clock = match self.clock {
-            ClockSource::Ntp => "configured as NTP-synchronised; offset unknown (the agent does not measure it)",
-            ClockSource::Gateway => "free-running gateway clock; synchronisation unknown",
+        let clock_sync = clock::read();
+        let claimed = match self.clock {
+            ClockSource::Ntp => "samples are stamped as NTP-synchronised ([acquisition] clock = \"ntp\")",
+            ClockSource::Gateway => "samples are stamped as gateway clock ([acquisition] clock = \"gateway\")",
         };
+        let clock = format!("{}; {claimed}", clock::describe(clock_sync));
         let update_trial = std::env::var_os(crate::update::install::ENV_ROOT)
             .and_then(|root| crate::update::Layout::new(std::path::PathBuf::from(root)).trial().ok().flatten())
             .map(|t| format!("{} ({} start(s))", t.version, t.attempts));
@@ -405,13 +447,15 @@ impl Board {
             now_ms: now,
             uptime_s: u64::try_from((now - self.started_ms).max(0) / 1000).unwrap_or(0),
             uplink: uplink.into(),
-            clock: clock.into(),
+            clock,
+            clock_sync,
             spool_epoch: stats.epoch,
             spool,
             devices: self.devices.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect(),
             points: self.points.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect(),
             events: self.events.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect(),
             update_trial,
+            config: (self.handles.config)(),
         }
     }
 
@@ -499,6 +543,37 @@ impl Board {
             "status page requests refused for a missing or wrong password",
             self.auth_failures.load(Ordering::Relaxed) as f64,
         ));
+        let (synced, error_s) = match clock::read() {
+            clock::ClockSync::Synced { est_error_us, .. } => (1.0, est_error_us as f64 / 1e6),
+            clock::ClockSync::Unsynced { max_error_us } => (0.0, max_error_us as f64 / 1e6),
+            clock::ClockSync::Unknown => (-1.0, -1.0),
+        };
+        out.push((
+            "vigil_edge_clock_synchronised".into(),
+            "1 synchronised, 0 not, -1 unknown (kernel NTP state)",
+            synced,
+        ));
+        out.push((
+            "vigil_edge_clock_error_seconds".into(),
+            "estimated clock error when synchronised, maximum error when not; -1 unknown",
+            error_s,
+        ));
+        let l = &self.listener;
+        for (n, help, v) in [
+            ("connections_accepted_total", "status page connections accepted", &l.accepted),
+            ("connections_refused_total", "status page connections closed at once: max_connections open", &l.refused),
+            ("connections_active", "status page connections open", &l.active),
+            ("header_timeouts_total", "status page connections closed: request head not in time", &l.header_timeouts),
+            ("requests_too_large_total", "status page requests refused: head too large or a body", &l.too_large),
+            (
+                "connections_lifetime_closed_total",
+                "status page connections closed at the lifetime limit",
+                &l.lifetime_closed,
+            ),
+            ("connection_errors_total", "status page connection errors and failed accepts", &l.errors),
+        ] {
+            out.push((format!("vigil_edge_status_{n}"), help, v.load(Ordering::Relaxed) as f64));
+        }
         let offline =
             self.devices.lock().unwrap_or_else(|p| p.into_inner()).values().filter(|d| d.state == "offline").count();
         out.push(("vigil_edge_devices_offline".into(), "devices currently offline", offline as f64));

@@ -56,7 +56,7 @@ td,th{{border:1px solid #bbb;padding:2px 8px;text-align:left}}th{{background:#ee
 .ok{{color:#070}}h2{{margin:.2em 0;font-size:1.1em}}</style></head><body>\
 <h1>Gateway {gw}</h1><table><tr><th>agent</th><td>{ver} ({target})</td></tr><tr><th>uptime</th><td>{up} s</td></tr>\
 <tr><th>uplink</th><td class=\"{ucls}\">{uplink}</td></tr><tr><th>clock</th><td>{clock}</td></tr>\
-<tr><th>update on trial</th><td>{trial}</td></tr></table>",
+<tr><th>update on trial</th><td>{trial}</td></tr><tr><th>configuration</th><td>{config}</td></tr></table>",
         gw = esc(&s.gateway),
         ver = esc(&s.version),
         target = esc(&s.target),
@@ -65,6 +65,7 @@ td,th{{border:1px solid #bbb;padding:2px 8px;text-align:left}}th{{background:#ee
         uplink = esc(&s.uplink),
         clock = esc(&s.clock),
         trial = esc(s.update_trial.as_deref().unwrap_or("none")),
+        config = esc(&s.config),
     );
     let _ = write!(
         o,
@@ -129,6 +130,9 @@ pub fn summary_text(s: &Status) -> String {
     let _ = writeln!(o, "gateway {}  agent {} ({})  up {} s", s.gateway, s.version, s.target, s.uptime_s);
     let _ = writeln!(o, "uplink  {}", s.uplink);
     let _ = writeln!(o, "clock   {}", s.clock);
+    if !s.config.is_empty() {
+        let _ = writeln!(o, "config  {}", s.config);
+    }
     if let Some(t) = &s.update_trial {
         let _ = writeln!(o, "update  on trial: {t}");
     }

@@ -315,6 +315,7 @@ impl<S: Spool + 'static> Uplink<S> {
             },
             config: self.pushes.as_ref().map(|(store, _)| store.report()).unwrap_or_default(),
             update: crate::update::report(),
+            clock: crate::status::clock::read(),
         };
         // Sealing only fails on a bug in the contract; the empty payload then clears the retained state.
         state.seal(&self.key).unwrap_or_default()
