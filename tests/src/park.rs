@@ -1,8 +1,12 @@
-//! The demo park on one machine: `configs/demo/park.toml` turned into gateway configurations,
-//! simulated field devices, alarm definitions and a central configuration in a run directory
-//! ([`generate`]), then real processes started from them ([`Park::start`]): one `vigil-central`, and
-//! per gateway one `vigil-sim` (its devices, over Modbus TCP and RTU on pseudo-terminals) and one
-//! `vigil-edge`. A scripted scenario runs on a loop; [`Park::check`] verifies it end to end.
+//! The demo park on one machine: `configs/demo/park.toml` turned into simulated field devices,
+//! alarm definitions, a central configuration and each gateway's sources in a run directory
+//! ([`generate`]), then real processes started from them ([`Park::start`]): one `vigil-central`;
+//! every gateway enrolled through central's API and `vigil-edge enroll` as a technician does it
+//! ([`Park::enrol_gateways`]); and per gateway one `vigil-sim modbus` (its devices, over Modbus TCP
+//! and RTU on pseudo-terminals), a `vigil-sim opcua` for a gateway with a DCS (its server
+//! certificate trusted with `vigil-edge opcua trust`), its cameras and one `vigil-edge`. A scripted
+//! scenario runs on a loop; `vigil-demo --check` verifies it end to end through the `missing_*`
+//! checks.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -63,6 +67,38 @@ pub struct GatewaySpec {
     /// Gas-leak cameras at the site (`vigil-sim camera`), each detecting a leak (with a snapshot)
     /// and losing it again in a loop.
     pub cameras: Vec<CameraSpec>,
+    /// A DCS the gateway reads over OPC UA (`vigil-sim opcua`).
+    pub dcs: Option<DcsSpec>,
+}
+
+/// A distributed control system the gateway reads over OPC UA, simulated by `vigil-sim opcua`:
+/// vessels (`Tank101`, ...: `Level` m, `Temperature` degC, `Pressure` bar) and gas detectors
+/// (`GD001`, ...: `Concentration` %LEL, `Alarm`), read as points `DCS.Tank101.Level`, ...
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DcsSpec {
+    /// Vessels (three tags each).
+    pub tanks: u32,
+    /// Gas detectors (two tags each).
+    pub detectors: u32,
+    /// Message security of the session.
+    #[serde(default)]
+    pub security: DcsSecurity,
+    /// Vessels (`Tank101`) with the lower high-level limit ([`DCS_SHORT_VESSEL_H`]), which the
+    /// simulated level swing crosses every minute.
+    #[serde(default)]
+    pub short_vessels: Vec<String>,
+}
+
+/// Message security of the gateway's OPC UA session with the DCS.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum DcsSecurity {
+    /// Basic256Sha256, signed and encrypted, as operator/operator-pass; the server's certificate
+    /// is trusted with `vigil-edge opcua trust` before the agent starts.
+    #[default]
+    SignAndEncrypt,
+    /// No security, anonymous (a DCS that offers nothing else).
+    None,
 }
 
 /// A gas-leak camera of a gateway.
@@ -105,6 +141,13 @@ const TANK_H: f64 = 17.0;
 const TANK_HH: f64 = 18.5;
 const GAS_H: f64 = 25.0;
 const GAS_HH: f64 = 50.0;
+/// DCS vessel level limits (m): the simulated levels swing between 3 and 7 m, so only a short
+/// vessel's H is reached (its HH is not).
+const DCS_VESSEL_H: f64 = 7.5;
+const DCS_VESSEL_HH: f64 = 8.5;
+/// The H limit of a short vessel (m).
+pub const DCS_SHORT_VESSEL_H: f64 = 6.5;
+const DCS_SHORT_VESSEL_HH: f64 = 7.5;
 /// Scenario loop period: a creeping level or rising gas channel crosses both limits within it.
 pub const SCENARIO_PERIOD_S: u64 = 120;
 
@@ -148,6 +191,16 @@ impl ParkSpec {
             {
                 bail!("{}: gateway {}: silent_sensor {s} is not one of its sensors", path.display(), g.id);
             }
+            if let Some(d) = &g.dcs {
+                if d.tanks + d.detectors == 0 {
+                    bail!("{}: gateway {}: its dcs has neither tanks nor detectors", path.display(), g.id);
+                }
+                for v in &d.short_vessels {
+                    if !(0..d.tanks).any(|i| dcs_vessel(i) == *v) {
+                        bail!("{}: gateway {}: short vessel {v:?} is not one of its DCS tanks", path.display(), g.id);
+                    }
+                }
+            }
         }
         Ok(spec)
     }
@@ -156,13 +209,28 @@ impl ParkSpec {
     pub fn point_count(&self) -> u32 {
         self.gateway
             .iter()
-            .map(|g| g.tanks * TANK_POINTS + g.gas_controllers * GAS_POINTS + g.levelling_sensors * 3)
+            .map(|g| {
+                g.tanks * TANK_POINTS
+                    + g.gas_controllers * GAS_POINTS
+                    + g.levelling_sensors * 3
+                    + g.dcs.as_ref().map_or(0, |d| d.tanks * 3 + d.detectors * 2)
+            })
             .sum()
     }
 }
 
 fn tank_name(i: u32) -> String {
     format!("TK{}", 100 + i)
+}
+
+/// The simulator's name of DCS vessel `i` (0-based), as `vigil_tools::sim::opcua::Layout::plant`.
+fn dcs_vessel(i: u32) -> String {
+    format!("Tank{}", 101 + i)
+}
+
+/// The simulator's name of DCS gas detector `i` (0-based).
+fn dcs_detector(i: u32) -> String {
+    format!("GD{:03}", 1 + i)
 }
 
 const TANK_POINTS: u32 = 8;
@@ -314,8 +382,14 @@ pub struct Window {
 pub struct GatewayRun {
     /// Gateway id.
     pub id: String,
-    /// Its configuration file.
+    /// Its enterprise.
+    pub enterprise: String,
+    /// Its directory (configuration, `keys/` written by `vigil-edge enroll`, spool, OPC UA PKI).
+    pub dir: PathBuf,
+    /// Its configuration file, written once the gateway is enrolled ([`Park::enrol_gateways`]).
     pub config: PathBuf,
+    /// The configuration's sections after `[gateway]` and `[uplink]` (spool, acquisition, sources).
+    pub local_config: String,
     /// Extra `vigil-sim modbus` arguments (faults).
     pub sim_args: Vec<String>,
     /// Its scheduled uplink outage, if any (the gateway then connects through a fault proxy).
@@ -324,6 +398,25 @@ pub struct GatewayRun {
     pub uplink_port: u16,
     /// `vigil-sim` arguments of each of its cameras.
     pub cameras: Vec<Vec<String>>,
+    /// Its DCS over OPC UA, if it has one.
+    pub dcs: Option<DcsRun>,
+}
+
+/// How a gateway's DCS is simulated and trusted.
+#[derive(Debug, Clone)]
+pub struct DcsRun {
+    /// `vigil-sim opcua` arguments.
+    pub sim_args: Vec<String>,
+    /// Where the simulated server listens.
+    pub endpoint: std::net::SocketAddr,
+    /// The server's application instance certificate (made by the simulator when it starts).
+    pub server_certificate: PathBuf,
+    /// The gateway's OPC UA PKI directory (`[[opcua]] pki_dir`), whose `trusted/` gets that certificate.
+    pub pki_dir: PathBuf,
+    /// Every DCS point as central names it (`gateway/DCS.Tank101.Level`).
+    pub points: Vec<String>,
+    /// The points whose H limit the scenario crosses.
+    pub alarmed: Vec<String>,
 }
 
 fn free_port() -> Result<u16> {
@@ -334,8 +427,9 @@ fn write(path: &Path, text: &str) -> Result<()> {
     std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
 }
 
-/// Writes the park's files into `dir` (created; must not hold an earlier park): PKI, keys, gateway
-/// and central configurations, profiles, alarm definitions, the registry entries.
+/// Writes the park's files into `dir` (created; must not hold an earlier park): central's PKI, key,
+/// configuration and users, alarm definitions, profiles, and each gateway's sources. Gateways get
+/// their keys, certificates and configuration files only when enrolled ([`Park::enrol_gateways`]).
 pub fn generate(spec: &ParkSpec, dir: &Path, api: std::net::SocketAddr) -> Result<Layout> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let profiles = dir.join("profiles");
@@ -359,7 +453,7 @@ pub fn generate(spec: &ParkSpec, dir: &Path, api: std::net::SocketAddr) -> Resul
     std::fs::create_dir_all(&central_dir)?;
     write(&central_dir.join("park-layout.json"), &serde_json::to_string_pretty(&park_layout(spec))?)?;
     let central_key = central_dir.join("central.key");
-    let central_pub = run_to_end("vigil-central", &["keygen", "--out", path_str(&central_key)?])?;
+    run_to_end("vigil-central", &["keygen", "--out", path_str(&central_key)?])?;
     let pki_dir = central_dir.join("pki");
     run_to_end("vigil-central", &["pki", "init", "--dir", path_str(&pki_dir)?])?;
     let broker_port = free_port()?;
@@ -372,23 +466,15 @@ pub fn generate(spec: &ParkSpec, dir: &Path, api: std::net::SocketAddr) -> Resul
     for g in &spec.gateway {
         let gdir = dir.join(&g.id);
         std::fs::create_dir_all(&gdir)?;
-        let key = gdir.join("gateway.key");
-        let gw_pub = run_to_end("vigil-edge", &["keygen", "--out", path_str(&key)?])?;
-        run_to_end("vigil-central", &["pki", "issue-gateway", &g.id, "--dir", path_str(&pki_dir)?])?;
-        let tls = pki_dir.join("gateways").join(&g.id);
         let uplink_port = if g.uplink_outage.is_some() { free_port()? } else { broker_port };
+        // [gateway] and [uplink] come from the gateway's enrolment (`Park::enrol_gateways`).
         let mut conf = format!(
-            r#"# Generated by vigil-demo from configs/demo/park.toml.
-[gateway]
-id = "{id}"
-enterprise = "{ent}"
-key_file = "{key}"
-
+            r#"
 [spool]
 path = "{spool}"
 batch_max_age_ms = 500
 # Tank levels and gas concentrations carry alarm limits: they go out as soon as they are read.
-urgent_points = ["*.level", "GDS*.conc"]
+urgent_points = ["*.level", "GDS*.conc", "DCS.*.Level", "DCS.*.Concentration"]
 
 [system]
 interval_ms = 1000
@@ -397,26 +483,7 @@ interval_ms = 1000
 profile_dir = "{profiles}"
 clock = "gateway"
 max_silent_s = 300
-
-[uplink]
-host = "127.0.0.1"
-port = {uplink_port}
-central_keys = ["{central}"]
-keepalive_s = 5
-resend_after_s = 5
-
-[uplink.tls]
-ca_file = "{ca}"
-cert_file = "{cert}"
-key_file = "{tls_key}"
 "#,
-            ca = tls.join("ca.pem").display(),
-            cert = tls.join(format!("{}.pem", g.id)).display(),
-            tls_key = tls.join(format!("{}.key", g.id)).display(),
-            id = g.id,
-            ent = g.enterprise,
-            central = central_pub.trim(),
-            key = key.display(),
             spool = gdir.join("spool").display(),
             profiles = profiles.display(),
         );
@@ -508,33 +575,26 @@ key_file = "{tls_key}"
             }
         }
         let cameras = cameras_of(g, &camera_models, &mut conf, &mut alarms, &mut expected)?;
+        let dcs = dcs_of(g, &gdir, &mut conf, &mut alarms, &mut expected)?;
         if g.uplink_outage.is_some() {
             expected.push((g.id.clone(), "GatewayOffline".to_owned()));
         }
-        let config = gdir.join("gateway.toml");
-        write(&config, &conf)?;
-        gateways.push(GatewayRun { id: g.id.clone(), config, sim_args, outage: g.uplink_outage, uplink_port, cameras });
-        let central_config = central_dir.join("central.toml");
-        if !central_config.exists() {
-            write(&central_config, &central_toml(broker_port, api))?;
-        }
-        run_to_end(
-            "vigil-central",
-            &[
-                "gateway",
-                "--config",
-                path_str(&central_config)?,
-                "add",
-                &g.id,
-                "--enterprise",
-                &g.enterprise,
-                "--key",
-                gw_pub.trim(),
-            ],
-        )?;
+        gateways.push(GatewayRun {
+            id: g.id.clone(),
+            enterprise: g.enterprise.clone(),
+            config: gdir.join("gateway.toml"),
+            dir: gdir,
+            local_config: conf,
+            sim_args,
+            outage: g.uplink_outage,
+            uplink_port,
+            cameras,
+            dcs,
+        });
     }
     write(&central_dir.join("alarms.toml"), &alarms)?;
     let central_config = central_dir.join("central.toml");
+    write(&central_config, &central_toml(broker_port, api))?;
     for w in &mut windows {
         w.requester = format!("safety-{}", w.enterprise);
         let args = ["user", "--config", path_str(&central_config)?, "add", &w.requester, "--role", "enterprise_user"];
@@ -560,6 +620,98 @@ key_file = "{tls_key}"
         expected_suppressed: suppressed,
         admin_password,
     })
+}
+
+/// Adds gateway `g`'s DCS to its configuration (one `[[opcua]]` server, a point per simulated tag)
+/// and alarm limits on its vessel levels and gas concentrations to the alarm file; returns how to
+/// simulate and trust it.
+fn dcs_of(
+    g: &GatewaySpec,
+    gdir: &Path,
+    conf: &mut String,
+    alarms: &mut String,
+    expected: &mut Vec<(String, String)>,
+) -> Result<Option<DcsRun>> {
+    use vigil_tools::sim::opcua::{NAMESPACE_URI, USER};
+    let Some(d) = &g.dcs else { return Ok(None) };
+    let endpoint = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()?));
+    // The DCS's own files; on a real site they live on the DCS host, and only its certificate
+    // reaches the gateway (through `vigil-edge opcua trust`).
+    let server_pki = gdir.join("dcs-server");
+    let pki_dir = gdir.join("opcua-pki");
+    let security = match d.security {
+        DcsSecurity::SignAndEncrypt => format!(
+            "security_policy = \"Basic256Sha256\"\nsecurity_mode = \"SignAndEncrypt\"\nuser = \"{}\"\npassword = \"{}\"\n",
+            USER.0, USER.1
+        ),
+        DcsSecurity::None => String::new(),
+    };
+    let _ = write!(
+        conf,
+        "\n[[opcua]]\nname = \"dcs\"\nendpoint = \"opc.tcp://{endpoint}\"\n{security}pki_dir = \"{}\"\npoint_prefix = \"DCS.\"\npublish_interval_ms = 1000\nsampling_ms = 1000\n",
+        pki_dir.display()
+    );
+    let mut points = Vec::new();
+    let mut alarmed = Vec::new();
+    let mut point = |conf: &mut String, tag: String, extra: &str| {
+        let _ = write!(conf, "\n[[opcua.points]]\nid = \"{tag}\"\nnode = \"nsu={NAMESPACE_URI};s={tag}\"\n{extra}");
+        points.push(format!("{}/DCS.{tag}", g.id));
+    };
+    for i in 0..d.tanks {
+        let vessel = dcs_vessel(i);
+        point(conf, format!("{vessel}.Level"), "unit = \"m\"\nrange = [0.0, 10.0]\ndeadband = 0.005\n");
+        point(conf, format!("{vessel}.Temperature"), "unit = \"degC\"\nrange = [-40.0, 150.0]\ndeadband = 0.05\n");
+        point(conf, format!("{vessel}.Pressure"), "unit = \"bar\"\nrange = [0.0, 10.0]\ndeadband = 0.002\n");
+        let short = d.short_vessels.contains(&vessel);
+        let (h, hh) = if short { (DCS_SHORT_VESSEL_H, DCS_SHORT_VESSEL_HH) } else { (DCS_VESSEL_H, DCS_VESSEL_HH) };
+        let id = format!("{}/DCS.{vessel}.Level", g.id);
+        let _ = write!(
+            alarms,
+            "\n[[point]]\nid = \"{id}\"\ngateway = \"{gw}\"\ndevice = \"dcs\"\nenterprise = \"{ent}\"\ngrade = \"A\"\nhh = {hh}\nh = {h}\nl = 1.0\nll = 0.5\ndeadband = 0.2\non_delay_s = 2\n",
+            gw = g.id,
+            ent = g.enterprise,
+        );
+        if short {
+            expected.push((id.clone(), "Hi".to_owned()));
+            alarmed.push(id);
+        }
+    }
+    for i in 0..d.detectors {
+        let detector = dcs_detector(i);
+        point(conf, format!("{detector}.Concentration"), "unit = \"%LEL\"\nrange = [0.0, 100.0]\ndeadband = 0.1\n");
+        point(conf, format!("{detector}.Alarm"), "type = \"bool\"\n");
+        let _ = write!(
+            alarms,
+            "\n[[point]]\nid = \"{}/DCS.{detector}.Concentration\"\ngateway = \"{gw}\"\ndevice = \"dcs\"\nenterprise = \"{ent}\"\ngrade = \"S\"\nhh = {GAS_HH}\nh = {GAS_H}\ndeadband = 2.0\n",
+            g.id,
+            gw = g.id,
+            ent = g.enterprise,
+        );
+    }
+    let sim_args = [
+        "opcua",
+        "--listen",
+        &endpoint.to_string(),
+        "--pki-dir",
+        path_str(&server_pki)?,
+        "--tanks",
+        &d.tanks.to_string(),
+        "--detectors",
+        &d.detectors.to_string(),
+        "--update-ms",
+        "1000",
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .collect();
+    Ok(Some(DcsRun {
+        sim_args,
+        endpoint,
+        server_certificate: server_pki.join("own/cert.der"),
+        pki_dir,
+        points,
+        alarmed,
+    }))
 }
 
 /// Adds gateway `g`'s cameras to its configuration (push endpoint, ONVIF subscriptions, liveness
@@ -650,6 +802,15 @@ fn park_layout(spec: &ParkSpec) -> serde_json::Value {
                 }));
                 y += ROW;
             }
+            if let Some(d) = &g.dcs {
+                let alarmed: Vec<String> = d.short_vessels.iter().map(|v| format!("{}/DCS.{v}.Level", g.id)).collect();
+                inner.push(json!({
+                    "id": format!("{}-dcs", g.id), "kind": "process_unit", "major_hazard": true,
+                    "label": [format!("DCS（OPC UA）{} 釜罐 · {}", d.tanks, g.id), format!("DCS over OPC UA, {} vessels · {}", d.tanks, g.id)],
+                    "shape": { "rect": [x + 20, y, width - 60, 60] }, "gateways": [g.id], "points": alarmed,
+                }));
+                y += ROW;
+            }
             for c in &g.cameras {
                 inner.push(json!({
                     "id": format!("{}-{}", g.id, c.name), "kind": "camera",
@@ -701,6 +862,8 @@ listen = "127.0.0.1:{broker_port}"
 [ingest]
 resend_after_ms = 3000
 checkpoint_interval_s = 60
+# Gateways enrol while central runs: the broker and ingest accept each within a second.
+registry_reload_s = 1
 
 [api]
 listen = "{api}"
@@ -725,9 +888,20 @@ pub struct Park {
 }
 
 impl Park {
-    /// Starts central, then per gateway its simulator and agent; must run inside a tokio runtime
-    /// (the fault proxies are tasks).
+    /// Starts central, enrols every gateway, opens the maintenance windows, then starts per gateway
+    /// its simulators and agent; must run inside a tokio runtime (the fault proxies are tasks).
     pub async fn start(layout: Layout) -> Result<Park> {
+        let mut park = Park::start_central(layout).await?;
+        park.enrol_gateways().await?;
+        for w in &park.layout.windows {
+            park.open_window(w).await?;
+        }
+        park.start_gateways().await?;
+        Ok(park)
+    }
+
+    /// Starts only central and logs in to its API as the park's admin.
+    pub async fn start_central(layout: Layout) -> Result<Park> {
         let logs = layout.dir.join("logs");
         std::fs::create_dir_all(&logs)?;
         let central =
@@ -738,17 +912,51 @@ impl Park {
             .context("central's broker did not start (logs/central.log)")?;
         let (port, password) = (layout.api.port(), layout.admin_password.clone());
         let token = tokio::task::spawn_blocking(move || login(port, "admin", &password)).await??;
-        let mut park = Park {
-            layout: layout.clone(),
+        Ok(Park {
+            layout,
             central: Some(central),
             processes: Vec::new(),
             proxies: BTreeMap::new(),
             started: Instant::now(),
             token,
-        };
-        for w in &layout.windows {
-            park.open_window(w).await?;
-        }
+        })
+    }
+
+    /// Enrols every gateway the way a technician does: the admin creates a one-time token for it
+    /// (`POST /api/v1/enrolments`), `vigil-edge enroll` redeems it (the keys are made in the
+    /// gateway's `keys/`, central registers the signing key and signs the TLS certificate), and the
+    /// enrolled `[gateway]` and `[uplink]` are merged into the gateway's configuration.
+    pub async fn enrol_gateways(&self) -> Result<()> {
+        let (port, admin, gateways) = (self.layout.api.port(), self.token.clone(), self.layout.gateways.clone());
+        tokio::task::spawn_blocking(move || -> Result<()> {
+            for g in &gateways {
+                let body = serde_json::json!({ "gateway": g.id, "enterprise": g.enterprise, "ttl_s": 600 }).to_string();
+                let (status, answer) = http_request(port, "POST", "/api/v1/enrolments", Some(&admin), Some(&body))?;
+                if status != 201 {
+                    bail!("creating the enrolment token of {} answered {status}: {answer}", g.id);
+                }
+                let answer: serde_json::Value = serde_json::from_str(&answer)?;
+                let token = answer["token"].as_str().context("enrolment answer without a token")?;
+                let keys = g.dir.join("keys");
+                let central = format!("http://127.0.0.1:{port}");
+                let args =
+                    ["enroll", "--central", &central, "--token", token, "--id", &g.id, "--dir", path_str(&keys)?];
+                let snippet = run_to_end("vigil-edge", &args)?;
+                write_gateway_config(g, Path::new(snippet.trim()))?;
+                eprintln!("enrolled {} ({}) with a one-time token; keys in {}", g.id, g.enterprise, keys.display());
+            }
+            Ok(())
+        })
+        .await?
+    }
+
+    /// Starts per gateway its simulators (Modbus, a DCS whose certificate is then trusted) and
+    /// its agent, then the cameras.
+    async fn start_gateways(&mut self) -> Result<()> {
+        let layout = self.layout.clone();
+        let park = self;
+        let logs = layout.dir.join("logs");
+        let broker = std::net::SocketAddr::from(([127, 0, 0, 1], layout.broker_port));
         for g in &layout.gateways {
             let config = path_str(&g.config)?;
             let mut sim = vec!["modbus", "--config", config];
@@ -758,6 +966,16 @@ impl Park {
             if let Some(outage) = g.outage {
                 let proxy = vigil_tools::faultproxy::FaultProxy::start_on(g.uplink_port, broker).await?;
                 park.proxies.insert(g.id.clone(), (proxy, outage));
+            }
+            if let Some(dcs) = &g.dcs {
+                let args: Vec<&str> = dcs.sim_args.iter().map(String::as_str).collect();
+                let log = logs.join(format!("{}-dcs.log", g.id));
+                park.processes.push((format!("{} DCS", g.id), spawn("vigil-sim", &args, &log)?));
+            }
+        }
+        for g in &layout.gateways {
+            if let Some(dcs) = &g.dcs {
+                trust_dcs(&g.id, dcs).await?;
             }
         }
         // Give the simulators a moment to open their ports and pseudo-terminals.
@@ -782,7 +1000,7 @@ impl Park {
             }
         }
         park.started = Instant::now();
-        Ok(park)
+        Ok(())
     }
 
     /// Requests maintenance window `w` for the next hour as its enterprise's user, and approves it as
@@ -950,6 +1168,49 @@ impl Park {
         Ok(missing)
     }
 
+    /// What central still lacks of each DCS: a good sample of every DCS point (the latest one), and
+    /// for a point whose H limit the scenario crosses, a sample at or above that limit.
+    pub fn missing_dcs_samples(&self) -> Result<Vec<String>> {
+        let mut missing = Vec::new();
+        for (g, dcs) in self.layout.gateways.iter().filter_map(|g| g.dcs.as_ref().map(|d| (g, d))) {
+            let mut without = 0;
+            // Up to 100 points per query keeps the request line short.
+            for chunk in dcs.points.chunks(100) {
+                let (status, body) = self.get(&format!("/api/v1/latest?points={}", chunk.join(",")))?;
+                if status != 200 {
+                    bail!("GET /api/v1/latest answered {status}: {body}");
+                }
+                let v: serde_json::Value = serde_json::from_str(&body)?;
+                let good = v["points"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    // OPC UA status codes: the top two bits are 00 for Good.
+                    .filter(|p| p["sample"]["quality"].as_u64().is_some_and(|q| q & 0xC000_0000 == 0))
+                    .count();
+                without += chunk.len().saturating_sub(good);
+            }
+            if without > 0 {
+                missing.push(format!("good samples of {without} of the {} DCS points of {}", dcs.points.len(), g.id));
+            }
+            for point in &dcs.alarmed {
+                let (status, body) =
+                    self.get(&format!("/api/v1/raw?point={point}&from=0&to={}&limit=100000", i64::MAX))?;
+                let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+                let crossed = status == 200
+                    && v["samples"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .any(|s| s["value"].as_f64().is_some_and(|x| x >= DCS_SHORT_VESSEL_H));
+                if !crossed {
+                    missing.push(format!("a sample of {point} at or above {DCS_SHORT_VESSEL_H} m"));
+                }
+            }
+        }
+        Ok(missing)
+    }
+
     /// For every gateway: whether central holds its heartbeat counter without a gap from the first
     /// value it has to the last (the heartbeat counts up by one per second per agent run).
     pub fn heartbeat_gaps(&self) -> Result<Vec<String>> {
@@ -997,6 +1258,68 @@ impl Drop for Park {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// The technician's trust step for a gateway's DCS: once the server has made its certificate, the
+/// certificate (handed over by the DCS's administrator) goes into the gateway's OPC UA trust list
+/// with `vigil-edge opcua trust`; without it the gateway refuses the secured session.
+async fn trust_dcs(gateway: &str, dcs: &DcsRun) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    // The simulator listens first and writes its certificate as its server starts.
+    while !dcs.server_certificate.is_file() {
+        if Instant::now() > deadline {
+            bail!(
+                "the DCS of {gateway} made no certificate at {} within 30 s (logs/{gateway}-dcs.log)",
+                dcs.server_certificate.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    wait_for_port(dcs.endpoint, Duration::from_secs(30))
+        .await
+        .with_context(|| format!("the DCS of {gateway} does not listen (logs/{gateway}-dcs.log)"))?;
+    let args = ["opcua", "trust", "--pki-dir", path_str(&dcs.pki_dir)?, "--cert", path_str(&dcs.server_certificate)?];
+    // A certificate file caught while being written does not parse: try again shortly.
+    let mut attempt = 0;
+    let trusted = loop {
+        match run_to_end("vigil-edge", &args) {
+            Ok(out) => break out,
+            Err(_) if attempt < 5 => attempt += 1,
+            Err(e) => return Err(e),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    eprintln!("trusted the DCS server certificate of {gateway}: {}", trusted.trim());
+    Ok(())
+}
+
+/// Writes gateway `g`'s configuration as its technician does after `vigil-edge enroll`: the
+/// enrolled `[gateway]` and `[uplink]` (identity, key and certificate files, broker, central's
+/// key) with the demo's uplink tuning, followed by the gateway's own sections.
+fn write_gateway_config(g: &GatewayRun, snippet: &Path) -> Result<()> {
+    let text = std::fs::read_to_string(snippet).with_context(|| format!("reading {}", snippet.display()))?;
+    let mut enrolled: toml::Table = toml::from_str(&text).with_context(|| format!("parsing {}", snippet.display()))?;
+    let uplink = enrolled
+        .get_mut("uplink")
+        .and_then(toml::Value::as_table_mut)
+        .with_context(|| format!("{} has no [uplink]", snippet.display()))?;
+    // A short keep-alive and resend, so the scheduled outage is noticed and back-filled quickly.
+    uplink.insert("keepalive_s".into(), toml::Value::Integer(5));
+    uplink.insert("resend_after_s".into(), toml::Value::Integer(5));
+    if g.outage.is_some() {
+        // This gateway reaches the broker through the fault proxy that cuts its link.
+        uplink.insert("port".into(), toml::Value::Integer(i64::from(g.uplink_port)));
+    }
+    let enrolled = toml::to_string(&enrolled).context("writing the enrolled settings")?;
+    write(
+        &g.config,
+        &format!(
+            "# Generated by vigil-demo: [gateway] and [uplink] as `vigil-edge enroll` wrote them into\n\
+             # {}, the rest from configs/demo/park.toml.\n{enrolled}{}",
+            snippet.display(),
+            g.local_config
+        ),
+    )
 }
 
 async fn wait_for_port(addr: std::net::SocketAddr, limit: Duration) -> Result<()> {

@@ -1,8 +1,11 @@
 //! The demo park as the README runs it, headless: `vigil-demo --check` generates the park from
-//! `configs/demo/park.toml`, starts central (embedded broker and storage), the simulated plants,
-//! cameras and gateways, and exits 0 only when every expected alarm was raised (tank H/HH, gas H/HH,
-//! a silent levelling sensor, the cut gateway, both cameras' gas leaks), each camera alarm carries a
-//! snapshot central serves, and every gateway's heartbeat arrived without a gap after the outage.
+//! `configs/demo/park.toml`, starts central (embedded broker and storage), enrols every gateway with
+//! a one-time token and `vigil-edge enroll`, starts the simulated plants (Modbus TCP/RTU, a DCS over
+//! OPC UA with SignAndEncrypt and its certificate trusted), cameras and gateways, and exits 0 only
+//! when every expected alarm was raised (tank H/HH, gas H/HH, a DCS vessel's H, a silent levelling
+//! sensor, the cut gateway, both cameras' gas leaks), each camera alarm carries a snapshot central
+//! serves, the maintenance window's alarm is suppressed, every DCS point has a good sample at
+//! central, and every gateway's heartbeat arrived without a gap after the outage.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::Command;

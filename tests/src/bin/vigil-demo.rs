@@ -1,9 +1,11 @@
 //! `vigil-demo`: the demo park on one machine. Generates the park from `configs/demo/park.toml`
-//! into a fresh run directory, starts central (embedded broker and storage), the simulated plants and
-//! their gateways, drives the scenario, and serves the UI until Ctrl-C. With `--check` it runs the
-//! scenario once headless and exits 0 only if every expected alarm was raised, every camera alarm
-//! carries a snapshot central serves, the maintenance window suppressed its device's alarm, and
-//! every gateway's heartbeat arrived without a gap.
+//! into a fresh run directory, starts central (embedded broker and storage), enrols every gateway
+//! through central's API and `vigil-edge enroll`, starts the simulated plants (Modbus, a DCS over
+//! OPC UA, cameras) and their gateways, drives the scenario, and serves the UI until Ctrl-C. With
+//! `--check` it runs the scenario once headless and exits 0 only if every expected alarm was raised
+//! (the DCS's among them), every camera alarm carries a snapshot central serves, the maintenance
+//! window suppressed its device's alarm, every DCS point has a good sample at central, and every
+//! gateway's heartbeat arrived without a gap.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -32,9 +34,9 @@ struct Cli {
     /// How long `--check` waits for the scenario, in seconds.
     #[arg(long, default_value_t = 300)]
     check_timeout_s: u64,
-    /// Only generate the park (gateway and central configurations, keys, certificates) into --dir,
-    /// print each gateway configuration's path and exit; starts nothing (`tools/cross-build.sh`
-    /// checks these configurations with the ARM builds).
+    /// Only generate the park into --dir and enrol its gateways (central runs just for that; no
+    /// simulator or agent starts), print each gateway configuration's path and exit
+    /// (`tools/cross-build.sh` checks these configurations with the ARM builds).
     #[arg(long, conflicts_with = "check")]
     generate_only: bool,
 }
@@ -62,21 +64,26 @@ fn main() -> Result<()> {
 
 async fn run(cli: Cli) -> Result<()> {
     let spec = ParkSpec::load(&cli.park)?;
+    // Headless runs take a free port, so they never collide with a demo serving the UI.
+    let listen = if cli.check || cli.generate_only {
+        SocketAddr::from(([127, 0, 0, 1], std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port()))
+    } else {
+        cli.listen
+    };
     if cli.generate_only {
         // vigil-central and vigil-edge are built only if absent.
         fresh_dir(&cli.dir)?;
-        let layout = park::generate(&spec, &cli.dir, cli.listen)?;
-        for g in &layout.gateways {
+        let layout = park::generate(&spec, &cli.dir, listen)?;
+        let mut park = Park::start_central(layout).await?;
+        let enrolled = park.enrol_gateways().await;
+        park.stop();
+        enrolled?;
+        for g in &park.layout.gateways {
             println!("{}", g.config.display());
         }
         return Ok(());
     }
     vigil_tests::build_binaries()?;
-    let listen = if cli.check {
-        SocketAddr::from(([127, 0, 0, 1], std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port()))
-    } else {
-        cli.listen
-    };
     fresh_dir(&cli.dir)?;
     eprintln!(
         "generating the park ({} enterprises, {} gateways, {} field points) in {}",
@@ -129,6 +136,7 @@ fn check_once(park: &Park) -> Result<Option<String>> {
     }
     let mut waiting = park.missing_evidence()?;
     waiting.extend(park.missing_suppressed()?);
+    waiting.extend(park.missing_dcs_samples()?);
     if !waiting.is_empty() {
         return Ok(Some(waiting.join(", ")));
     }
