@@ -24,18 +24,22 @@ use crate::wal::{encode_record, scan_records};
 pub const CHUNK_SAMPLES: usize = 2048;
 /// One day in milliseconds (chunk files hold the chunks whose last sample falls in one UTC day).
 pub const DAY_MS: i64 = 86_400_000;
-/// Chunks written before roll-ups (read, never written).
-const CHUNK_MAGIC_V1: [u8; 3] = *b"VC1";
-/// Chunks with roll-ups after the summary.
-const CHUNK_MAGIC: [u8; 3] = *b"VC2";
-/// Width of a roll-up: 5-minute windows aligned to the UTC epoch, summarised when the chunk is
-/// written, so a long aggregate merges a few summaries per chunk instead of decoding its samples.
+/// Chunks as written: header with the chunk's summary, then the codec bits.
+const CHUNK_MAGIC: [u8; 3] = *b"VC1";
+/// Chunks with roll-ups stored after the summary: written by one development build only (the
+/// roll-ups cost 0.3 B/sample on disk, over the storage goal), still read so their data stays.
+const CHUNK_MAGIC_ROLLUPS: [u8; 3] = *b"VC2";
+/// Width of a roll-up: 5-minute windows aligned to the UTC epoch. A long aggregate whose buckets
+/// are whole windows merges a few summaries per chunk instead of decoding its samples.
 pub const ROLLUP_MS: i64 = 300_000;
-/// Roll-ups are written only when they hold this many samples on average: a slow point's chunk
-/// (say 1 sample a minute) would otherwise carry more summary than samples, and decoding it is cheap.
+/// Roll-ups are kept only when their windows hold this many samples on average: a slow point's
+/// chunk decodes cheaply, and its roll-ups would take more memory than they save.
 const ROLLUP_MIN_SAMPLES: usize = 32;
-/// Bytes of one encoded roll-up: window start, count, six floats, two timestamps.
-const ROLLUP_BYTES: usize = 8 + 4 + 6 * 8 + 2 * 8;
+/// Bytes of one roll-up in a [`CHUNK_MAGIC_ROLLUPS`] chunk: window start, six floats, count, two timestamps.
+const ROLLUP_BYTES: usize = 8 + 6 * 8 + 4 + 2 * 8;
+/// Chunks whose roll-ups the cache holds per generation (two generations: at most twice this;
+/// about 0.6 KB each for a 1 s point).
+const ROLLUP_CACHE_CHUNKS: usize = 32_768;
 
 /// Why the historian failed.
 #[derive(Debug, thiserror::Error)]
@@ -191,8 +195,7 @@ pub fn encode_chunk(key: &SeriesKey, generation: u64, samples: &[Sample]) -> Res
             stats.add(s.ts_ms, v);
         }
     }
-    let rollups = rollups_of(samples);
-    let mut out = Vec::with_capacity(64 + rollups.len() * ROLLUP_BYTES + samples.len() * 2);
+    let mut out = Vec::with_capacity(64 + samples.len() * 2);
     out.extend_from_slice(&CHUNK_MAGIC);
     out.extend_from_slice(&generation.to_le_bytes());
     put_str(&mut out, key.gateway.as_str());
@@ -201,11 +204,6 @@ pub fn encode_chunk(key: &SeriesKey, generation: u64, samples: &[Sample]) -> Res
     out.extend_from_slice(&last.ts_ms.to_le_bytes());
     out.extend_from_slice(&(samples.len() as u32).to_le_bytes());
     put_stats(&mut out, &stats);
-    out.extend_from_slice(&(rollups.len() as u16).to_le_bytes());
-    for (start, r) in &rollups {
-        out.extend_from_slice(&start.to_le_bytes());
-        put_stats(&mut out, r);
-    }
     let plain = encode_body(samples, first.ts_ms, None)?;
     let body = match grid(samples) {
         Some(g) => {
@@ -234,7 +232,7 @@ fn rollup_start(ts: i64) -> i64 {
 }
 
 /// Per-window summaries of a chunk's aggregable samples (sorted by time), or none when the
-/// windows would hold too few samples to be worth their bytes. Windows without one are left out.
+/// windows would hold too few samples to be worth keeping. Windows without one are left out.
 fn rollups_of(samples: &[Sample]) -> Vec<(i64, Stats)> {
     let (Some(first), Some(last)) = (samples.first(), samples.last()) else { return Vec::new() };
     let windows = (rollup_start(last.ts_ms) - rollup_start(first.ts_ms)) / ROLLUP_MS + 1;
@@ -385,8 +383,8 @@ fn decode_header(body: &[u8]) -> Result<Header<'_>, HistorianError> {
     let mut c = Cursor(body);
     let magic = c.take(3)?;
     let with_rollups = match magic {
-        m if m == CHUNK_MAGIC => true,
-        m if m == CHUNK_MAGIC_V1 => false,
+        m if m == CHUNK_MAGIC => false,
+        m if m == CHUNK_MAGIC_ROLLUPS => true,
         _ => return Err(HistorianError::Chunk("bad magic".into())),
     };
     let generation = c.u64()?;
@@ -406,8 +404,8 @@ fn decode_header(body: &[u8]) -> Result<Header<'_>, HistorianError> {
     Ok((SeriesKey { gateway, point }, generation, min_ts, max_ts, count, stats, rollups, c.0))
 }
 
-/// The roll-ups of a chunk body: (window start, summary) in time order; empty for chunks written
-/// without them.
+/// The roll-ups stored in a chunk body: (window start, summary) in time order; empty for chunks
+/// written without them (all chunks but those of one development build).
 pub fn read_rollups(body: &[u8]) -> Result<Vec<(i64, Stats)>, HistorianError> {
     let (.., rollups, _) = decode_header(body)?;
     let mut c = Cursor(rollups);
@@ -607,6 +605,57 @@ struct SeriesState {
     latest: Option<Sample>,
 }
 
+/// The roll-ups of one chunk.
+type Rollups = Arc<[(i64, Stats)]>;
+
+/// Roll-ups of recently written or read chunks, by (day, offset). Filled when a chunk is written
+/// (recent data is what trend screens show) and when an aggregate decodes one; bounded by two
+/// generations: when the newer is full it replaces the older, so a chunk used in the last
+/// generation stays.
+#[derive(Default)]
+struct RollupCache {
+    generations: std::sync::Mutex<[HashMap<(i64, u64), Rollups>; 2]>,
+    hits: std::sync::atomic::AtomicU64,
+    misses: std::sync::atomic::AtomicU64,
+}
+
+impl RollupCache {
+    fn get(&self, at: (i64, u64)) -> Option<Rollups> {
+        let mut g = self.generations.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let found = match g[0].get(&at) {
+            Some(r) => Some(r.clone()),
+            None => g[1].remove(&at).inspect(|r| Self::insert(&mut g, at, r.clone())),
+        };
+        let counter = if found.is_some() { &self.hits } else { &self.misses };
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        found
+    }
+
+    fn put(&self, at: (i64, u64), rollups: Rollups) {
+        let mut g = self.generations.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        Self::insert(&mut g, at, rollups);
+    }
+
+    fn insert(g: &mut [HashMap<(i64, u64), Rollups>; 2], at: (i64, u64), rollups: Rollups) {
+        if g[0].len() >= ROLLUP_CACHE_CHUNKS {
+            g[1] = std::mem::take(&mut g[0]);
+        }
+        g[0].insert(at, rollups);
+    }
+
+    fn forget_days_before(&self, day: i64) {
+        let mut g = self.generations.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for m in g.iter_mut() {
+            m.retain(|(d, _), _| *d >= day);
+        }
+    }
+
+    fn len(&self) -> usize {
+        let g = self.generations.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        g[0].len() + g[1].len()
+    }
+}
+
 /// Counters the metrics endpoint exports.
 #[derive(Debug, Default, Clone, Copy, Serialize)]
 pub struct HistorianStats {
@@ -624,6 +673,12 @@ pub struct HistorianStats {
     pub chunks_dropped: u64,
     /// Samples left out of chunks by swinging-door compression (within the point's deviation).
     pub samples_compressed_away: u64,
+    /// Aggregates that found a chunk's roll-ups in the cache.
+    pub rollup_hits: u64,
+    /// Aggregates that decoded a chunk for its roll-ups.
+    pub rollup_misses: u64,
+    /// Chunks whose roll-ups the cache holds.
+    pub rollup_cached_chunks: u64,
 }
 
 /// The historian.
@@ -635,6 +690,7 @@ pub struct Historian {
     max_head_samples: usize,
     stats: HistorianStats,
     compression: Arc<DoorPolicy>,
+    rollups: RollupCache,
 }
 
 /// One bucket of an aggregate query.
@@ -685,6 +741,7 @@ impl Historian {
             max_head_samples: max_head_samples.max(CHUNK_SAMPLES),
             stats: HistorianStats::default(),
             compression: Arc::default(),
+            rollups: RollupCache::default(),
         };
         let keys: Vec<SeriesKey> = h.series.keys().cloned().collect();
         for k in keys {
@@ -769,6 +826,10 @@ impl Historian {
             let (min_ts, max_ts) = (part[0].ts_ms, part[part.len() - 1].ts_ms);
             let day = max_ts.div_euclid(DAY_MS);
             let (offset, len) = self.store.append(day, &body)?;
+            let rollups = rollups_of(part);
+            if !rollups.is_empty() {
+                self.rollups.put((day, offset), rollups.into());
+            }
             self.stats.chunks_written += 1;
             self.stats.chunk_bytes += len as u64;
             self.stats.chunk_samples += part.len() as u64;
@@ -820,6 +881,7 @@ impl Historian {
     pub fn enforce_retention(&mut self, now_ms: i64, retention_ms: i64) -> Result<u64, HistorianError> {
         let cutoff_day = (now_ms - retention_ms).div_euclid(DAY_MS);
         self.store.drop_days_before(cutoff_day)?;
+        self.rollups.forget_days_before(cutoff_day);
         let mut dropped = 0u64;
         for st in self.series.values_mut() {
             let before = st.chunks.len();
@@ -907,10 +969,21 @@ impl Historian {
                 }
                 // Roll-ups that fall in one bucket are merged whole; the samples of the others
                 // (range edges, buckets not a multiple of the window) are decoded.
-                let body = self.store.read(c.day, c.offset, c.len)?;
-                let rollups = read_rollups(&body)?;
+                let (rollups, mut samples) = match self.rollups.get((c.day, c.offset)) {
+                    Some(r) => (r, None),
+                    None => {
+                        let body = self.store.read(c.day, c.offset, c.len)?;
+                        let stored = read_rollups(&body)?;
+                        let samples = decode_chunk(&body)?.samples;
+                        let r: Rollups = if stored.is_empty() { rollups_of(&samples).into() } else { stored.into() };
+                        if !r.is_empty() {
+                            self.rollups.put((c.day, c.offset), r.clone());
+                        }
+                        (r, Some(samples))
+                    }
+                };
                 let mut merged = Vec::new();
-                for (start, r) in &rollups {
+                for (start, r) in rollups.iter() {
                     if fits(r.first_ts, r.last_ts) {
                         buckets[idx(r.first_ts)].merge(r);
                         merged.push(*start);
@@ -918,7 +991,11 @@ impl Historian {
                 }
                 let all_merged = !rollups.is_empty() && merged.len() == rollups.len();
                 if c.stats.count > 0 && !all_merged {
-                    for s in decode_chunk(&body)?.samples {
+                    let samples = match samples.take() {
+                        Some(s) => s,
+                        None => self.chunk_samples(c)?,
+                    };
+                    for s in samples {
                         if merged.binary_search(&rollup_start(s.ts_ms)).is_err() {
                             add(&s, &mut buckets);
                         }
@@ -938,7 +1015,13 @@ impl Historian {
 
     /// Counters.
     pub fn stats(&self) -> HistorianStats {
-        self.stats
+        let relaxed = std::sync::atomic::Ordering::Relaxed;
+        HistorianStats {
+            rollup_hits: self.rollups.hits.load(relaxed),
+            rollup_misses: self.rollups.misses.load(relaxed),
+            rollup_cached_chunks: self.rollups.len() as u64,
+            ..self.stats
+        }
     }
 
     /// Samples held in heads (not yet in chunks).
@@ -1162,12 +1245,12 @@ mod tests {
     }
 
     #[test]
-    fn dense_chunks_carry_rollups_that_sum_to_the_chunk_and_slow_ones_none() {
+    fn dense_chunks_get_rollups_that_sum_to_the_chunk_and_slow_ones_none() {
         let k = key("TK101.LT1");
         let t0 = 1_795_000_000_000i64;
         let dense: Vec<Sample> = (0..2048).map(|i| sample(t0 + i * 1000, (i % 97) as f64, Quality::GOOD)).collect();
-        let (body, stats) = encode_chunk(&k, 1, &dense).unwrap();
-        let rollups = read_rollups(&body).unwrap();
+        let (_, stats) = encode_chunk(&k, 1, &dense).unwrap();
+        let rollups = rollups_of(&dense);
         assert_eq!(rollups.len() as i64, (rollup_start(t0 + 2047 * 1000) - rollup_start(t0)) / ROLLUP_MS + 1);
         let mut sum = Stats::default();
         for (start, r) in &rollups {
@@ -1177,29 +1260,35 @@ mod tests {
         }
         assert_eq!(sum.count, stats.count);
         assert!((sum.mean - stats.mean).abs() < 1e-9 && (sum.m2 - stats.m2).abs() < 1e-6);
-        assert_eq!(decode_chunk(&body).unwrap().samples, dense);
         let slow: Vec<Sample> = (0..2048).map(|i| sample(t0 + i * 60_000, 1.0, Quality::GOOD)).collect();
-        assert!(read_rollups(&encode_chunk(&k, 1, &slow).unwrap().0).unwrap().is_empty());
+        assert!(rollups_of(&slow).is_empty());
     }
 
     #[test]
-    fn chunks_written_before_rollups_still_decode_and_aggregate() {
+    fn chunks_with_stored_rollups_still_decode_and_aggregate() {
         let k = key("TK101.LT1");
         let t0 = 1_795_000_000_000i64;
         let samples: Vec<Sample> = (0..2048).map(|i| sample(t0 + i * 1000, i as f64, Quality::GOOD)).collect();
-        let (v2, _) = encode_chunk(&k, 1, &samples).unwrap();
-        // The old layout: the same header without the roll-up count and roll-ups.
-        let (.., rollups, bits) = decode_header(&v2).unwrap();
-        let header_len = v2.len() - bits.len() - rollups.len() - 2;
-        let mut v1 = b"VC1".to_vec();
-        v1.extend_from_slice(&v2[3..header_len]);
-        v1.extend_from_slice(bits);
-        assert_eq!(decode_chunk(&v1).unwrap().samples, samples);
+        let (v1, _) = encode_chunk(&k, 1, &samples).unwrap();
+        // The development build's layout: the same header, then the roll-up count and roll-ups.
+        let (.., bits) = decode_header(&v1).unwrap();
+        let header_len = v1.len() - bits.len();
+        let rollups = rollups_of(&samples);
+        let mut v2 = b"VC2".to_vec();
+        v2.extend_from_slice(&v1[3..header_len]);
+        v2.extend_from_slice(&(rollups.len() as u16).to_le_bytes());
+        for (start, r) in &rollups {
+            v2.extend_from_slice(&start.to_le_bytes());
+            put_stats(&mut v2, r);
+        }
+        v2.extend_from_slice(bits);
+        assert_eq!(decode_chunk(&v2).unwrap().samples, samples);
+        assert_eq!(read_rollups(&v2).unwrap(), rollups);
         assert!(read_rollups(&v1).unwrap().is_empty());
         let dir = tempfile::tempdir().unwrap();
         {
             let mut store = FileChunkStore::open(dir.path()).unwrap();
-            store.append(t0.div_euclid(DAY_MS), &v1).unwrap();
+            store.append(t0.div_euclid(DAY_MS), &v2).unwrap();
             store.sync().unwrap();
         }
         let h = Historian::open(Box::new(FileChunkStore::open(dir.path()).unwrap()), 1, 1_000_000).unwrap();
@@ -1207,6 +1296,40 @@ mod tests {
         let got = h.aggregate(&k, from, from + 3 * 3_600_000, ROLLUP_MS).unwrap();
         let want = brute(&samples, from, from + 3 * 3_600_000, ROLLUP_MS);
         assert_eq!(got.iter().map(|b| b.stats.count).collect::<Vec<_>>(), want.iter().map(|w| w.0).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn aligned_aggregates_use_cached_rollups_from_write_or_first_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = key("TK101.LT1");
+        let t0 = rollup_start(1_795_000_000_000i64);
+        let samples: Vec<Sample> = (0..20_000).map(|i| sample(t0 + i * 1000, (i % 13) as f64, Quality::GOOD)).collect();
+        let day = |h: &Historian| h.aggregate(&k, t0, t0 + DAY_MS, ROLLUP_MS).unwrap();
+        let first = {
+            let mut h = Historian::open(Box::new(FileChunkStore::open(dir.path()).unwrap()), 0, 1_000_000).unwrap();
+            h.insert(&k.gateway, &k.point, &samples).unwrap();
+            h.make_durable().unwrap();
+            h.committed();
+            let chunks = h.stats().chunks_written;
+            assert_eq!(h.stats().rollup_cached_chunks, chunks, "written chunks' roll-ups are cached");
+            let got = day(&h);
+            assert_eq!((h.stats().rollup_misses, h.stats().rollup_hits), (0, chunks));
+            got
+        };
+        // Reopened: the first aggregate decodes and caches, the second only merges.
+        let h = Historian::open(Box::new(FileChunkStore::open(dir.path()).unwrap()), 1, 1_000_000).unwrap();
+        assert_eq!(day(&h), first);
+        let misses = h.stats().rollup_misses;
+        assert!(misses > 0 && h.stats().rollup_hits == 0);
+        assert_eq!(day(&h), first);
+        assert_eq!((h.stats().rollup_misses, h.stats().rollup_hits), (misses, misses));
+        let want = brute(&samples, t0, t0 + DAY_MS, ROLLUP_MS);
+        for (g, w) in first.iter().zip(&want) {
+            assert_eq!(g.stats.count, w.0);
+            if w.0 > 0 {
+                assert!((g.stats.mean - w.3).abs() < 1e-9 && g.stats.first == w.5 && g.stats.last == w.6);
+            }
+        }
     }
 
     #[test]

@@ -111,7 +111,10 @@ fn an_enrolled_gateway_delivers_its_heartbeat_and_takes_configuration_pushes() {
     assert_eq!(push(api_port, &admin, &v1), 1);
     let (status, _) = wait_push(api_port, &admin, 1, d);
     assert_eq!(status, "applied");
-    assert_eq!(std::fs::read_to_string(&gw_conf).unwrap(), v1, "the pushed file runs on the gateway");
+    // Pushed files live in the state directory beside the spool; the installed file is left alone.
+    let pushed = d.join("config/gateway.toml");
+    assert_eq!(std::fs::read_to_string(&pushed).unwrap(), v1, "the pushed file runs on the gateway");
+    assert_eq!(std::fs::read_to_string(&gw_conf).unwrap(), installed, "the installed file is not touched");
     let (_, gateway) = http_get_auth(api_port, &admin, "/api/v1/gateways/gw-en").unwrap();
     let gateway: serde_json::Value = serde_json::from_str(&gateway).unwrap();
     assert_eq!(gateway["config_version"], 1, "{gateway}");
@@ -121,7 +124,7 @@ fn an_enrolled_gateway_delivers_its_heartbeat_and_takes_configuration_pushes() {
     let (status, detail) = wait_push(api_port, &admin, 2, d);
     assert_eq!(status, "rejected");
     assert!(detail.contains("spool.batch_max_age_ms") && detail.contains("outside 10..=3600000"), "{detail}");
-    assert_eq!(std::fs::read_to_string(&gw_conf).unwrap(), v1, "the old file stays");
+    assert_eq!(std::fs::read_to_string(&pushed).unwrap(), v1, "the old file stays");
 
     // Pushed while the gateway is down: sent again when its birth shows it has not handled it.
     terminate(&mut edge).unwrap();
@@ -130,7 +133,7 @@ fn an_enrolled_gateway_delivers_its_heartbeat_and_takes_configuration_pushes() {
     let mut edge = spawn("vigil-edge", &["run", "--config", gw_conf.to_str().unwrap()], &d.join("edge2.log")).unwrap();
     let (status, _) = wait_push(api_port, &admin, 3, d);
     assert_eq!(status, "applied");
-    assert_eq!(std::fs::read_to_string(&gw_conf).unwrap(), v3);
+    assert_eq!(std::fs::read_to_string(&pushed).unwrap(), v3);
     terminate(&mut edge).unwrap();
     terminate(&mut central).unwrap();
 }

@@ -231,6 +231,9 @@ async fn metrics(State(st): State<ApiState>) -> Result<String, ApiError> {
         ("vigil_historian_chunk_samples_total", hs.chunk_samples),
         ("vigil_historian_chunks_dropped_total", hs.chunks_dropped),
         ("vigil_historian_samples_compressed_away_total", hs.samples_compressed_away),
+        ("vigil_historian_rollup_hits_total", hs.rollup_hits),
+        ("vigil_historian_rollup_misses_total", hs.rollup_misses),
+        ("vigil_historian_rollup_cached_chunks", hs.rollup_cached_chunks),
         ("vigil_historian_head_samples", h.head_samples() as u64),
     ] {
         s.push_str(&format!("{name} {v}\n"));
