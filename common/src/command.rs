@@ -28,6 +28,26 @@ pub enum CommandAction {
         /// The configuration file's text.
         toml: String,
     },
+    /// Download an update bundle from central and install it (A/B, on trial) if it is exactly the
+    /// bundle named here and its release signature and target check out. The bundle itself is too
+    /// large for a command, so the command carries what the gateway needs to fetch and check it.
+    Update {
+        /// Central's order id: the gateway names it in the history records this order leads to.
+        order: u64,
+        /// The agent version the bundle installs (from its header).
+        version: String,
+        /// The target triple the bundle is built for (from its header).
+        target: String,
+        /// SHA-256 of the whole bundle file.
+        sha256: [u8; 32],
+        /// Exact size of the bundle file, bytes.
+        size: u64,
+        /// Path of the download on central's API (joined to the gateway's `[update] central_url`).
+        path: String,
+        /// The download token (sent in `x-vigil-download-token`), valid for this order only and
+        /// only until it expires.
+        token: String,
+    },
 }
 
 /// A signed command.

@@ -153,12 +153,12 @@ pub async fn enroll(central: &str, token: &str, id: &str, dir: &Path) -> Result<
     cleanup.0.clear();
     write_new(&path(CERT), &e.cert_pem, 0o644)?;
     write_new(&path(CA), &e.ca_pem, 0o644)?;
-    let text = snippet(&e, &dir)?;
+    let text = snippet(&e, &dir, base)?;
     write_new(&path(SNIPPET), &text, 0o644)?;
     Ok(path(SNIPPET))
 }
 
-fn snippet(e: &Enrolled, dir: &Path) -> Result<String> {
+fn snippet(e: &Enrolled, dir: &Path, central: &str) -> Result<String> {
     let file = |name: &str| toml::Value::String(dir.join(name).display().to_string());
     let mut gateway = toml::Table::new();
     gateway.insert("id".into(), e.gateway.clone().into());
@@ -176,6 +176,10 @@ fn snippet(e: &Enrolled, dir: &Path) -> Result<String> {
     let mut all = toml::Table::new();
     all.insert("gateway".into(), gateway.into());
     all.insert("uplink".into(), uplink.into());
+    // Central's API, where bundles of updates central orders are downloaded from.
+    let mut update = toml::Table::new();
+    update.insert("central_url".into(), central.into());
+    all.insert("update".into(), update.into());
     let body = toml::to_string(&all).context("writing the configuration snippet")?;
     Ok(format!(
         "# Written by `vigil-edge enroll`: merge into the gateway configuration (with [spool] and the sources).\n{body}"

@@ -58,6 +58,9 @@ pub struct Trial {
     pub attempts: u32,
     /// Set (with the reason) once a rollback began.
     pub rolling_back: Option<String>,
+    /// Central's order id when central ordered this update (named in its history records).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order: Option<u64>,
 }
 
 /// One line of the update history.
@@ -216,7 +219,7 @@ impl Layout {
             version: trial.version.clone(),
             from: trial.from.clone(),
             to: Some(trial.to.clone()),
-            detail: detail.into(),
+            detail: ordered_detail(trial.order, detail.into()),
         }
     }
 }
@@ -230,9 +233,23 @@ pub struct Applied {
     pub from: Option<String>,
 }
 
+/// The detail of a history record, prefixed `order N: ` when central ordered the update, so central
+/// can tell which of its orders a record answers.
+pub fn ordered_detail(order: Option<u64>, detail: String) -> String {
+    match order {
+        Some(id) => format!("order {id}: {detail}"),
+        None => detail,
+    }
+}
+
 /// Installs a verified bundle beside the running version and switches to it, on trial. Refused while
 /// another update is on trial.
 pub fn apply(layout: &Layout, bundle: &Bundle) -> Result<Applied, UpdateError> {
+    apply_ordered(layout, bundle, None)
+}
+
+/// [`apply`] for central's order `order` (named in the history records of this update).
+pub fn apply_ordered(layout: &Layout, bundle: &Bundle, order: Option<u64>) -> Result<Applied, UpdateError> {
     let versions = layout.versions();
     fs::create_dir_all(&versions).map_err(|e| UpdateError::io(&versions, e))?;
     recover(layout)?;
@@ -285,6 +302,7 @@ pub fn apply(layout: &Layout, bundle: &Bundle) -> Result<Applied, UpdateError> {
         applied_ms: now_ms(),
         attempts: 0,
         rolling_back: None,
+        order,
     };
     layout.write_trial(&trial)?;
     crash_point("marked");

@@ -14,6 +14,7 @@ pub mod cli;
 pub mod health;
 pub mod install;
 pub mod launcher;
+pub mod remote;
 
 use std::path::{Path, PathBuf};
 
@@ -50,6 +51,13 @@ pub struct UpdateConfig {
     /// Starts of a new version (crashes, power cuts) before it is rolled back (default 3).
     #[serde(default = "default_attempts")]
     pub max_attempts: u32,
+    /// Central's API (`http://HOST:PORT`, the address the gateway enrolled with), where bundles
+    /// ordered by central are downloaded from; absent: central-ordered updates are refused.
+    #[serde(default)]
+    pub central_url: Option<String>,
+    /// Longest time one download attempt of an ordered bundle may take, seconds (default 300).
+    #[serde(default = "default_download_timeout")]
+    pub download_timeout_s: u64,
 }
 
 impl Default for UpdateConfig {
@@ -61,6 +69,8 @@ impl Default for UpdateConfig {
             trial_window_s: default_window(),
             healthy_for_s: default_healthy_for(),
             max_attempts: default_attempts(),
+            central_url: None,
+            download_timeout_s: default_download_timeout(),
         }
     }
 }
@@ -80,6 +90,9 @@ fn default_healthy_for() -> u64 {
 fn default_attempts() -> u32 {
     3
 }
+fn default_download_timeout() -> u64 {
+    300
+}
 
 impl UpdateConfig {
     /// Problems with these settings, as (key, problem).
@@ -98,6 +111,14 @@ impl UpdateConfig {
         }
         if !(1..=20).contains(&self.max_attempts) {
             out.push(("max_attempts".into(), format!("{} is outside 1..=20", self.max_attempts)));
+        }
+        if let Some(url) = &self.central_url
+            && let Err(e) = remote::base_url(url)
+        {
+            out.push(("central_url".into(), e));
+        }
+        if !(5..=3600).contains(&self.download_timeout_s) {
+            out.push(("download_timeout_s".into(), format!("{} is outside 5..=3600", self.download_timeout_s)));
         }
         out
     }

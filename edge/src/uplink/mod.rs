@@ -199,6 +199,7 @@ pub struct Uplink<S: Spool> {
     metrics: Arc<UplinkMetrics>,
     heartbeat: Option<vigil_hw::Heartbeat>,
     pushes: Option<(Arc<ConfigPush>, Arc<Plant>)>,
+    updates: Arc<crate::update::remote::Remote>,
 }
 
 struct Topics {
@@ -279,6 +280,7 @@ impl<S: Spool + 'static> Uplink<S> {
             metrics: Arc::default(),
             heartbeat: None,
             pushes: None,
+            updates: crate::update::remote::Remote::new(),
         })
     }
 
@@ -314,7 +316,7 @@ impl<S: Spool + 'static> Uplink<S> {
                 dropped: stats.dropped,
             },
             config: self.pushes.as_ref().map(|(store, _)| store.report()).unwrap_or_default(),
-            update: crate::update::report(),
+            update: self.updates.report(),
             clock: crate::status::clock::read(),
         };
         // Sealing only fails on a bug in the contract; the empty payload then clears the retained state.
@@ -376,6 +378,11 @@ impl<S: Spool + 'static> Uplink<S> {
                         }
                     }
                     _ = self.stored.notified() => self.pump(&client, &mut st),
+                    _ = self.updates.changed.notified() => {
+                        if st.connected {
+                            let _ = client.try_publish(&self.topics.state, QoS::AtLeastOnce, true, self.state(true));
+                        }
+                    }
                     _ = config_changed(&self.pushes) => {
                         if st.connected {
                             let _ = client.try_publish(&self.topics.state, QoS::AtLeastOnce, true, self.state(true));
@@ -394,6 +401,10 @@ impl<S: Spool + 'static> Uplink<S> {
                         }
                         self.requeue_overdue(&mut st);
                         self.pump(&client, &mut st);
+                        // A commit or rollback by the launcher goes to central at once.
+                        if st.connected && self.updates.report_changed() {
+                            let _ = client.try_publish(&self.topics.state, QoS::AtLeastOnce, true, self.state(true));
+                        }
                     }
                 }
             }
@@ -473,7 +484,13 @@ impl<S: Spool + 'static> Uplink<S> {
         };
         st.last_command = Some(cmd.id);
         self.metrics.commands.fetch_add(1, Ordering::Relaxed);
-        tracing::info!(id = cmd.id, action = ?cmd.action, "command from central");
+        match &cmd.action {
+            // The download token stays out of the log.
+            CommandAction::Update { order, version, .. } => {
+                tracing::info!(id = cmd.id, order, %version, "command from central: update")
+            }
+            other => tracing::info!(id = cmd.id, action = ?other, "command from central"),
+        }
         match cmd.action {
             CommandAction::Ping => {
                 let _ = client.try_publish(&self.topics.state, QoS::AtLeastOnce, true, self.state(true));
@@ -491,6 +508,12 @@ impl<S: Spool + 'static> Uplink<S> {
                 }
                 None => tracing::warn!(version, "configuration push ignored: this agent does not take pushes"),
             },
+            CommandAction::Update { order, version, target, sha256, size, path, token } => {
+                let order = crate::update::remote::Order { order, version, target, sha256, size, path, token };
+                // The running configuration's [update] section: keys, central's URL, timeouts.
+                let config = self.pushes.as_ref().map(|(_, plant)| plant.config.update.clone()).unwrap_or_default();
+                self.updates.start(order, config);
+            }
         }
     }
 
