@@ -129,6 +129,11 @@ impl ConfigPushes {
         }
     }
 
+    /// The command id counter, for other senders of commands (ids must rise per gateway).
+    pub fn command_ids(&self) -> Arc<AtomicU64> {
+        self.next_command.clone()
+    }
+
     /// Stores `toml` as the next version for `gateway` (of `enterprise`) and sends it. The file
     /// must be TOML naming this gateway and enterprise; the gateway validates the rest.
     pub async fn push(

@@ -16,4 +16,5 @@ pub mod seen;
 pub mod store;
 pub mod swinging_door;
 pub mod ui;
+pub mod updates;
 pub mod wal;

@@ -408,6 +408,17 @@ async fn run(config: &Path) -> Result<()> {
     let (client, eventloop) = rumqttc::AsyncClient::new(opts, 8192);
     let pushes = vigil_central::config_push::ConfigPushes::new(&state.registry, key.clone(), Some(client.clone()));
     tokio::spawn(pushes.clone().follow(state.registry.clone(), core.streams.states.subscribe()));
+    let updates = vigil_central::updates::Updates::open(
+        &cfg.data_dir,
+        &state.registry,
+        key.clone(),
+        Some(client.clone()),
+        pushes.command_ids(),
+    )
+    .await
+    .context("opening the update store")?;
+    tokio::spawn(updates.clone().follow(state.registry.clone(), core.streams.states.subscribe()));
+    state.updates = Some(updates);
     state.pushes = Some(pushes);
     bootstrap_admin(&state.identity, &cfg.data_dir).await?;
     tokio::spawn(state.gateways.clone().follow(core.streams.states.subscribe()));

@@ -24,8 +24,15 @@ use super::{ApiError, ApiState, JsonBody, problem};
 pub const COOKIE: &str = "vigil_session";
 
 /// `/api/` paths answered without authentication.
-pub const PUBLIC: &[&str] =
-    &["/api/v1/auth/login", "/api/v1/auth/password", "/api/v1/health", "/api/v1/openapi.json", "/api/v1/enrol"];
+pub const PUBLIC: &[&str] = &[
+    "/api/v1/auth/login",
+    "/api/v1/auth/password",
+    "/api/v1/health",
+    "/api/v1/openapi.json",
+    "/api/v1/enrol",
+    // The gateway's bundle download: the order's download token is its credential.
+    crate::updates::DOWNLOAD_PATH,
+];
 
 /// Roles that read process data: points, values, history, gateways, enterprises.
 pub const READ_DATA: &[Role] = &[Role::ParkAdmin, Role::Operator, Role::EnterpriseUser, Role::FieldTechnician];

@@ -245,6 +245,7 @@ async fn metrics(State(st): State<ApiState>) -> Result<String, ApiError> {
     s.push_str(&st.identity.metrics().prometheus());
     s.push_str(&st.calls.metrics().prometheus());
     s.push_str(&crate::enrol::METRICS.prometheus());
+    s.push_str(&crate::updates::METRICS.prometheus());
     if let Some(p) = &st.pushes {
         s.push_str(&p.metrics.prometheus());
     }

@@ -12,6 +12,7 @@ pub mod history;
 pub mod openapi;
 pub mod resources;
 pub mod scope;
+pub mod updates;
 pub mod users;
 
 use std::net::SocketAddr;
@@ -63,6 +64,8 @@ pub struct ApiState {
     pub gateways: resources::GatewayStatus,
     /// Configuration pushes, when central has an MQTT client to send them with.
     pub pushes: Option<crate::config_push::ConfigPushes>,
+    /// Update bundles and orders, when central has an MQTT client to send orders with.
+    pub updates: Option<crate::updates::Updates>,
     /// Limits and cookie settings.
     pub settings: Arc<ApiConfig>,
     /// When this process started, UTC ms.
@@ -102,6 +105,7 @@ impl ApiState {
             calls,
             gateways: resources::GatewayStatus::default(),
             pushes: None,
+            updates: None,
             settings: Arc::new(settings),
             started_ms: crate::ingest::now_ms(),
         })
@@ -197,7 +201,6 @@ pub fn limit(requested: Option<u32>) -> u32 {
 
 /// The whole router, with the API-call log, limits and authentication around every route.
 pub fn router(state: ApiState) -> Router {
-    let max_body = state.settings.max_body_bytes;
     Router::new()
         .merge(auth::routes())
         .merge(users::routes())
@@ -208,11 +211,11 @@ pub fn router(state: ApiState) -> Router {
         .merge(evidence::routes())
         .merge(enrolments::routes())
         .merge(configs::routes())
+        .merge(updates::routes())
         .merge(openapi::routes())
         .merge(crate::ui::routes(state.settings.park_layout.clone()))
         .fallback(no_route)
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::authenticate))
-        .layer(tower_http::limit::RequestBodyLimitLayer::new(max_body))
         .layer(axum::middleware::from_fn_with_state(state.clone(), limits))
         .layer(axum::middleware::from_fn(problem_documents))
         .layer(axum::middleware::from_fn_with_state(state.calls.clone(), calllog::record))
@@ -263,30 +266,29 @@ async fn problem_documents(req: Request, next: axum::middleware::Next) -> Respon
     out
 }
 
-/// Refuses oversized bodies up front and bounds the time to the response head (a streaming body,
-/// such as the alarm event stream, is not bounded by this).
+/// Refuses oversized bodies up front, cuts streamed ones at the limit, and bounds the time to the
+/// response head (a streaming body, such as the alarm event stream, is not bounded by this). The
+/// bundle upload alone has the bundle limit and at least ten minutes.
 async fn limits(
     axum::extract::State(st): axum::extract::State<ApiState>,
     req: Request,
     next: axum::middleware::Next,
 ) -> Response {
+    let upload = req.method() == axum::http::Method::POST && req.uri().path() == crate::updates::UPLOAD_PATH;
+    let max_body = if upload { crate::updates::MAX_BUNDLE as usize } else { st.settings.max_body_bytes };
     let declared =
         req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > st.settings.max_body_bytes) {
-        return ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("request body larger than {} bytes", st.settings.max_body_bytes),
-        )
-        .into_response();
+    if declared.is_some_and(|n| n > max_body) {
+        return ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("request body larger than {max_body} bytes"))
+            .into_response();
     }
-    let timeout = Duration::from_secs(st.settings.request_timeout_s);
+    let req = req.map(|b| axum::body::Body::new(http_body_util::Limited::new(b, max_body)));
+    let timeout_s = if upload { st.settings.request_timeout_s.max(600) } else { st.settings.request_timeout_s };
+    let timeout = Duration::from_secs(timeout_s);
     match tokio::time::timeout(timeout, next.run(req)).await {
         Ok(resp) => resp,
-        Err(_) => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("the request took longer than {} s", st.settings.request_timeout_s),
-        )
-        .into_response(),
+        Err(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("the request took longer than {timeout_s} s"))
+            .into_response(),
     }
 }
 

@@ -8,7 +8,7 @@ use axum::routing::get;
 use serde_json::{Value, json};
 
 use super::auth::{MANAGE_USERS, READ_DATA, READ_LOGS, Role};
-use super::{ApiState, alarms, configs, enrolments};
+use super::{ApiState, alarms, configs, enrolments, updates};
 
 /// Who may call an operation.
 #[derive(Debug, Clone, Copy)]
@@ -84,6 +84,9 @@ const fn with_body(mut o: Operation, body: &'static str) -> Operation {
     o.body = Some(body);
     o
 }
+
+/// A request body of raw bytes (`application/octet-stream`), not JSON.
+pub const BINARY_BODY: &str = "(binary)";
 
 /// Every route of the API.
 pub const OPERATIONS: &[Operation] = &[
@@ -217,6 +220,59 @@ pub const OPERATIONS: &[Operation] = &[
         "One configuration push with its file",
         Access::Roles(READ_DATA),
         (200, "ConfigPushDocument"),
+    ),
+    // Gateway updates (central/src/api/updates.rs).
+    with_body(
+        op(
+            "post",
+            "/api/v1/updates",
+            "updates",
+            "Upload a signed update bundle (raw body, at most 256 MiB; header and length checked; an identical upload answers the stored bundle)",
+            Access::Roles(updates::UPLOAD),
+            (201, "UpdateBundle"),
+        ),
+        BINARY_BODY,
+    ),
+    with_query(
+        op(
+            "get",
+            "/api/v1/updates",
+            "updates",
+            "Stored update bundles, newest first",
+            Access::Roles(updates::ORDER),
+            (200, "UpdateBundlePage"),
+        ),
+        &[("limit", "integer", false)],
+    ),
+    op(
+        "get",
+        "/api/v1/updates/download",
+        "updates",
+        "A gateway downloads the bundle of its order (the order's token in x-vigil-download-token; no session)",
+        Access::Public,
+        (200, ""),
+    ),
+    with_body(
+        op(
+            "post",
+            "/api/v1/gateways/{id}/update",
+            "updates",
+            "Order a gateway to install a stored bundle (signed, on down/cmd; downloaded and checked there)",
+            Access::Roles(updates::ORDER),
+            (202, "UpdateOrder"),
+        ),
+        "NewUpdateOrder",
+    ),
+    with_query(
+        op(
+            "get",
+            "/api/v1/gateways/{id}/update",
+            "updates",
+            "What the gateway runs and its update orders with their status, newest first",
+            Access::Roles(READ_DATA),
+            (200, "GatewayUpdates"),
+        ),
+        &[("limit", "integer", false)],
     ),
     op("get", "/api/v1/health", "resources", "Whether central's parts answer", Access::Public, (200, "Health")),
     with_body(
@@ -518,7 +574,41 @@ fn schemas() -> Value {
     if let (Some(all), Value::Object(more)) = (all.as_object_mut(), enrolment_schemas(&ms)) {
         all.extend(more);
     }
+    if let (Some(all), Value::Object(more)) = (all.as_object_mut(), update_schemas()) {
+        all.extend(more);
+    }
     all
+}
+
+/// The update components.
+fn update_schemas() -> Value {
+    let int = json!({ "type": "integer" });
+    let text = json!({ "type": "string" });
+    let opt_int = json!({ "type": ["integer", "null"] });
+    let opt_text = json!({ "type": ["string", "null"] });
+    json!({
+        "UpdateBundle": { "type": "object",
+            "required": ["sha256", "version", "target", "size", "binary_len", "config_len", "created_ms", "key_id", "uploaded_by", "uploaded_ms"],
+            "properties": { "sha256": text, "version": text, "target": text, "size": int, "binary_len": int,
+                "config_len": int, "created_ms": int, "key_id": text, "uploaded_by": text, "uploaded_ms": int } },
+        "UpdateBundlePage": { "type": "object", "required": ["items", "next_cursor"], "properties": {
+            "items": { "type": "array", "items": { "$ref": "#/components/schemas/UpdateBundle" } },
+            "next_cursor": { "type": ["string", "null"] } } },
+        "NewUpdateOrder": { "type": "object", "required": ["bundle"], "additionalProperties": false, "properties": {
+            "bundle": { "type": "string", "description": "SHA-256 of a stored bundle (lower-case hex)" },
+            "token_ttl_s": { "type": "integer", "description": "download token lifetime, 1..=86400 s (default 900)" } } },
+        "UpdateOrder": { "type": "object",
+            "required": ["id", "gateway", "bundle", "version", "target", "ordered_by", "ordered_ms", "downloads", "status"],
+            "properties": { "id": int, "gateway": text, "bundle": text, "version": text, "target": text,
+                "ordered_by": text, "ordered_ms": int, "sent_ms": opt_int, "downloads": int,
+                "status": { "type": "string", "enum": ["pending", "downloading", "installed", "on_trial", "committed", "rolled_back", "failed", "superseded"] },
+                "detail": opt_text, "result_ms": opt_int } },
+        "GatewayUpdates": { "type": "object", "required": ["gateway", "items"], "properties": {
+            "gateway": text, "agent_version": opt_text, "installed": opt_text, "on_trial": opt_text,
+            "history": { "type": "array", "items": { "type": "object", "properties": {
+                "ts_ms": int, "event": text, "version": text, "detail": text } } },
+            "items": { "type": "array", "items": { "$ref": "#/components/schemas/UpdateOrder" } } } },
+    })
 }
 
 /// The enrolment components (apart: one `json!` of everything exceeds the macro recursion limit).
@@ -592,7 +682,9 @@ pub fn document() -> Value {
                 operation["x-roles"] = json!(roles.iter().map(|r| r.as_str()).collect::<Vec<_>>());
             }
         }
-        if let Some(b) = o.body {
+        if o.body == Some(BINARY_BODY) {
+            operation["requestBody"] = json!({ "required": true, "content": { "application/octet-stream": { "schema": { "type": "string", "format": "binary" } } } });
+        } else if let Some(b) = o.body {
             operation["requestBody"] = json!({ "required": true, "content": { "application/json": { "schema": { "$ref": format!("#/components/schemas/{b}") } } } });
         }
         let entry = paths.entry(o.path.to_owned()).or_insert_with(|| json!({}));

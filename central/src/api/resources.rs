@@ -48,6 +48,11 @@ impl GatewayStatus {
         self.get(gateway).map(|(s, _)| s.config)
     }
 
+    /// The agent version and update report of the gateway's last state.
+    pub fn update(&self, gateway: &str) -> Option<(String, vigil_common::UpdateReport)> {
+        self.get(gateway).map(|(s, _)| (s.version, s.update))
+    }
+
     fn get(&self, gateway: &str) -> Option<(GatewayState, i64)> {
         self.states.read().unwrap_or_else(|p| p.into_inner()).get(gateway).cloned()
     }
