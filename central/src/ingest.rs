@@ -853,3 +853,41 @@ pub async fn run(
     core.checkpoint()?;
     Ok(())
 }
+
+/// Feeds every verified gateway state from `rx` to `on_state` with the gateway's enterprise from
+/// `registry`, until the sender goes away. States of unregistered gateways are skipped; a lag, an
+/// unreadable registry and a failed `on_state` are logged under `what` and the loop goes on.
+pub async fn follow_states<F, Fut, E>(
+    registry: Registry,
+    mut rx: broadcast::Receiver<Arc<(GatewayState, i64)>>,
+    what: &'static str,
+    mut on_state: F,
+) where
+    F: FnMut(Arc<(GatewayState, i64)>, EnterpriseId) -> Fut,
+    Fut: std::future::Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    loop {
+        let state = match rx.recv().await {
+            Ok(s) => s,
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                tracing::warn!(missed = n, "{what}: gateway states lagged");
+                continue;
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        let gw = state.0.gateway.clone();
+        let enterprise = match registry.enterprise_of(&gw).await {
+            Ok(Some(e)) => e,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::error!(gateway = %gw, error = %e, "{what}: registry unreadable");
+                continue;
+            }
+        };
+        let Ok(enterprise) = EnterpriseId::new(enterprise) else { continue };
+        if let Err(e) = on_state(state, enterprise).await {
+            tracing::error!(gateway = %gw, error = %e, "{what}: cannot record the gateway's report");
+        }
+    }
+}

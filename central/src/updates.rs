@@ -656,30 +656,12 @@ impl Updates {
     }
 
     /// Follows ingest's verified states until the sender goes away.
-    pub async fn follow(self, registry: Registry, mut rx: broadcast::Receiver<Arc<(GatewayState, i64)>>) {
-        loop {
-            let state = match rx.recv().await {
-                Ok(s) => s,
-                Err(broadcast::error::RecvError::Lagged(n)) => {
-                    tracing::warn!(missed = n, "updates: gateway states lagged");
-                    continue;
-                }
-                Err(broadcast::error::RecvError::Closed) => return,
-            };
-            let gw = &state.0.gateway;
-            let enterprise = match registry.enterprise_of(gw).await {
-                Ok(Some(e)) => e,
-                Ok(None) => continue,
-                Err(e) => {
-                    tracing::error!(gateway = %gw, error = %e, "updates: registry unreadable");
-                    continue;
-                }
-            };
-            let Ok(enterprise) = EnterpriseId::new(enterprise) else { continue };
-            if let Err(e) = self.on_state(&state.0, &enterprise).await {
-                tracing::error!(gateway = %gw, error = %e, "updates: cannot record the gateway's report");
-            }
-        }
+    pub async fn follow(self, registry: Registry, rx: broadcast::Receiver<Arc<(GatewayState, i64)>>) {
+        crate::ingest::follow_states(registry, rx, "updates", |state, enterprise| {
+            let me = self.clone();
+            async move { me.on_state(&state.0, &enterprise).await }
+        })
+        .await;
     }
 }
 

@@ -9,9 +9,9 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Deserialize;
-use vigil_common::{EnterpriseId, GatewayId};
 
 use super::auth::{READ_DATA, Role};
+use super::scope::visible_gateway;
 use super::{ApiError, ApiState, JsonBody, Principal, bad, limit};
 use crate::config_push::{ConfigPushes, PushRefused};
 
@@ -28,19 +28,6 @@ struct PushBody {
 #[serde(deny_unknown_fields)]
 struct ListQ {
     limit: Option<u32>,
-}
-
-/// The gateway named in the path, if the caller sees it (else 404, also for other enterprises').
-async fn visible_gateway(st: &ApiState, p: &Principal, id: &str) -> Result<(GatewayId, EnterpriseId), ApiError> {
-    let missing = || ApiError::not_found(format!("gateway {id} not found"));
-    let gateway = GatewayId::new(id).map_err(|_| missing())?;
-    let enterprise = st.registry.enterprise_of(&gateway).await.map_err(|e| ApiError::internal(e.to_string()))?;
-    match enterprise {
-        Some(e) if p.sees_name(&e) => {
-            Ok((gateway, EnterpriseId::new(e).map_err(|e| ApiError::internal(e.to_string()))?))
-        }
-        _ => Err(missing()),
-    }
 }
 
 fn service(st: &ApiState) -> Result<&ConfigPushes, ApiError> {

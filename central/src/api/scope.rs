@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Mutex;
 
-use super::{ApiError, Principal};
+use vigil_common::{EnterpriseId, GatewayId};
+
+use super::{ApiError, ApiState, Principal};
 use crate::store::Registry;
 
 /// How long the gateway -> enterprise map is used before it is read again (registry changes through
@@ -59,5 +61,19 @@ impl Scope {
             Some(e) if p.sees_name(&e) => Ok(()),
             _ => Err(ApiError::not_found(format!("{what} not found"))),
         }
+    }
+}
+
+/// The registered gateway named `id` in a path, if the caller sees it (else 404, also for other
+/// enterprises'), read from the registry itself rather than the cached map: for actions on it.
+pub async fn visible_gateway(st: &ApiState, p: &Principal, id: &str) -> Result<(GatewayId, EnterpriseId), ApiError> {
+    let missing = || ApiError::not_found(format!("gateway {id} not found"));
+    let gateway = GatewayId::new(id).map_err(|_| missing())?;
+    let enterprise = st.registry.enterprise_of(&gateway).await.map_err(|e| ApiError::internal(e.to_string()))?;
+    match enterprise {
+        Some(e) if p.sees_name(&e) => {
+            Ok((gateway, EnterpriseId::new(e).map_err(|e| ApiError::internal(e.to_string()))?))
+        }
+        _ => Err(missing()),
     }
 }

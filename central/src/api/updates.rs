@@ -12,9 +12,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Deserialize;
 use tokio::io::AsyncReadExt as _;
-use vigil_common::{EnterpriseId, GatewayId};
 
 use super::auth::{READ_DATA, Role};
+use super::scope::visible_gateway;
 use super::{ApiError, ApiState, JsonBody, Principal, limit, page};
 use crate::updates::{DEFAULT_TOKEN_TTL_S, TOKEN_HEADER, UpdateRefused, Updates};
 
@@ -52,19 +52,6 @@ fn refused(e: UpdateRefused) -> ApiError {
         UpdateRefused::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     };
     ApiError::new(status, e.to_string())
-}
-
-/// The gateway named in the path, if the caller sees it (else 404, also for other enterprises').
-async fn visible_gateway(st: &ApiState, p: &Principal, id: &str) -> Result<(GatewayId, EnterpriseId), ApiError> {
-    let missing = || ApiError::not_found(format!("gateway {id} not found"));
-    let gateway = GatewayId::new(id).map_err(|_| missing())?;
-    let enterprise = st.registry.enterprise_of(&gateway).await.map_err(|e| ApiError::internal(e.to_string()))?;
-    match enterprise {
-        Some(e) if p.sees_name(&e) => {
-            Ok((gateway, EnterpriseId::new(e).map_err(|e| ApiError::internal(e.to_string()))?))
-        }
-        _ => Err(missing()),
-    }
 }
 
 /// `POST /updates`: 201 with the bundle (the stored one for an identical upload).
