@@ -14,7 +14,8 @@ import { sourceOf, gradeBadge, stateOf } from './alarms.js';
 
 const PRESETS = [['1h', 3600e3], ['1d', 86400e3], ['7d', 7 * 86400e3], ['30d', 30 * 86400e3], ['1y', 365 * 86400e3]];
 const BUCKETS = 600;
-const NICE_BUCKETS_S = [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400];
+const ROLLUP_MS = 300e3;
+const NICE_BUCKETS_S = [300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400];
 const LIMIT_COLOURS = { hh: '#ff4d4f', h: '#ffa940', l: '#ffa940', ll: '#ff4d4f' };
 let preset = '1h';
 
@@ -122,10 +123,14 @@ export async function render(main, key) {
     to = to ?? now;
     from = from ?? now - span;
     range = [from, to];
-    // A "nice" bucket aligned to the UTC epoch: from 5 minutes up, central answers from its
-    // pre-computed 5-minute roll-ups instead of decoding every sample of the range.
-    const bucket = NICE_BUCKETS_S.map((s) => s * 1000).find((b) => b >= (to - from) / BUCKETS) ?? 86400e3;
-    from = Math.floor(from / bucket) * bucket;
+    // From 1-minute buckets up (spans of 10 h and more), a "nice" bucket aligned to the UTC epoch:
+    // central answers it from its 5-minute roll-ups instead of decoding every sample of the range.
+    // Shorter spans keep the finest whole-second bucket (a short range is a chunk or two to decode).
+    let bucket = Math.max(1000, Math.ceil((to - from) / BUCKETS / 1000) * 1000);
+    if (bucket >= 60e3) {
+      bucket = NICE_BUCKETS_S.map((s) => s * 1000).find((b) => b >= bucket && b % ROLLUP_MS === 0) ?? 86400e3;
+      from = Math.floor(from / bucket) * bucket;
+    }
     fill(infoEl, t('loading'));
     try {
       const agg = await get('/aggregate', { point: key, from, to, bucket_ms: bucket });
