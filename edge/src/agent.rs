@@ -144,6 +144,10 @@ pub async fn run_with(plant: Arc<Plant>, stop: watch::Receiver<bool>, hardware: 
                     let pushes = pushes.clone();
                     move || pushes.describe()
                 }),
+                config_pushes: Box::new({
+                    let pushes = pushes.clone();
+                    move || pushes.metrics()
+                }),
             };
             let board = Arc::new(crate::status::Board::new(&plant, status.events, handles));
             let (tap_tx, tap_rx) = mpsc::channel(RECORD_CHANNEL);

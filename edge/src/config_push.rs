@@ -27,7 +27,7 @@
 //! trial whose file is not the one in place was interrupted before it was installed, and is dropped.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -76,6 +76,9 @@ struct PushStatus {
     /// different installed file means it was edited since, and the edit wins.
     #[serde(default)]
     installed_sha256: Option<String>,
+    /// Outcomes so far, written with the outcome itself (absent in files of earlier versions).
+    #[serde(default)]
+    counts: PushCounts,
 }
 
 /// A pushed file installed but not yet kept.
@@ -278,6 +281,7 @@ fn set_aside(files: &Files, version: u64) -> Result<(), PushError> {
     status.trial = None;
     status.installed_sha256 = None;
     status.last = Some(outcome(version, PushResult::RolledBack(why)));
+    status.counts.rolled_back += 1;
     write_status(files, &status)
 }
 
@@ -292,17 +296,33 @@ pub enum Received {
     Duplicate,
 }
 
-/// Counters of configuration pushes.
-#[derive(Debug, Default)]
+/// How many pushes ended how, over the life of the push directory.
+///
+/// Persisted in `gateway.toml.push.json` rather than held in memory: every install and every
+/// rollback ends the agent's turn (`Exit::Restart`), so counters in memory would lose exactly the
+/// outcomes worth counting. Each count is written in the same atomic file write as the outcome.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PushCounts {
+    /// Pushes installed on trial.
+    pub on_trial: u64,
+    /// Trials kept (the agent reached central with them).
+    pub applied: u64,
+    /// Pushes refused; nothing changed.
+    pub rejected: u64,
+    /// Trials rolled back, and pushed files set aside for an edited installed file.
+    pub rolled_back: u64,
+}
+
+/// The push figures the status page exports on `/metrics`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PushMetrics {
-    /// Pushes installed.
-    pub installed: AtomicU64,
-    /// Pushes refused.
-    pub rejected: AtomicU64,
-    /// Trials kept.
-    pub applied: AtomicU64,
-    /// Trials rolled back.
-    pub rolled_back: AtomicU64,
+    /// Kept pushed version running (0: the installed file), as reported to central.
+    pub running: u64,
+    /// Version on trial, if one is.
+    pub trial: Option<u64>,
+    /// Outcomes so far.
+    pub counts: PushCounts,
 }
 
 /// What the store knows about the running file.
@@ -323,8 +343,6 @@ pub struct ConfigPush {
     pub changed: Notify,
     restart: watch::Sender<bool>,
     restart_requested: AtomicBool,
-    /// Counters.
-    pub metrics: PushMetrics,
 }
 
 impl ConfigPush {
@@ -342,6 +360,7 @@ impl ConfigPush {
             status.last =
                 Some(outcome(trial.version, PushResult::RolledBack("interrupted before it was installed".into())));
             status.trial = None;
+            status.counts.rolled_back += 1;
             write_status(&files, &status)?;
         }
         let sha = file_sha(running)?;
@@ -351,7 +370,6 @@ impl ConfigPush {
             changed: Notify::new(),
             restart: watch::channel(false).0,
             restart_requested: AtomicBool::new(false),
-            metrics: PushMetrics::default(),
         })
     }
 
@@ -402,6 +420,16 @@ impl ConfigPush {
         text
     }
 
+    /// The running and trial versions and the outcome counts, for `/metrics`.
+    pub fn metrics(&self) -> PushMetrics {
+        let s = &*self.lock();
+        PushMetrics {
+            running: if s.pushed { s.status.running } else { 0 },
+            trial: s.status.trial.as_ref().map(|t| t.version),
+            counts: s.status.counts,
+        }
+    }
+
     /// The version on trial and when it was installed (UTC ms), if one is.
     pub fn trial(&self) -> Option<(u64, i64)> {
         self.lock().status.trial.as_ref().map(|t| (t.version, t.since_ms))
@@ -428,15 +456,14 @@ impl ConfigPush {
         };
         match &received {
             Received::Installed => {
-                self.metrics.installed.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(version, file = %self.files.pushed.display(), "config push: installed on trial; restarting on it");
                 self.request_restart();
             }
             Received::Rejected(why) => {
-                self.metrics.rejected.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(version, problem = %why, "config push refused");
                 let mut guard = self.lock();
                 guard.status.last = Some(outcome(version, PushResult::Rejected(why.clone())));
+                guard.status.counts.rejected += 1;
                 if let Err(e) = write_status(&self.files, &guard.status) {
                     tracing::error!(error = %e, "config push: cannot record the refusal");
                 }
@@ -501,6 +528,7 @@ impl ConfigPush {
         status.running = running_version;
         status.trial = Some(Trial { version, sha256: hex::encode(sha), since_ms: now_ms(), replaced_pushed });
         status.last = Some(outcome(version, PushResult::OnTrial));
+        status.counts.on_trial += 1;
         status.installed_sha256 = Some(hex::encode(file_sha(&files.installed)?));
         write_status(files, status)?;
         // A new pushed file takes the installed file's mode (it may be readable by its owner only).
@@ -517,12 +545,12 @@ impl ConfigPush {
         let Some(trial) = guard.status.trial.take() else { return };
         guard.status.running = trial.version;
         guard.status.last = Some(outcome(trial.version, PushResult::Applied));
+        guard.status.counts.applied += 1;
         if let Err(e) = write_status(&self.files, &guard.status) {
             tracing::error!(error = %e, "config push: cannot record the kept trial");
         }
         remove_if_present(&self.files.previous());
         drop(guard);
-        self.metrics.applied.fetch_add(1, Ordering::Relaxed);
         tracing::info!(version = trial.version, "config push: applied and kept");
         self.changed.notify_one();
     }
@@ -544,11 +572,11 @@ impl ConfigPush {
         sync_dir(&files.pushed)?;
         guard.status.trial = None;
         guard.status.last = Some(outcome(trial.version, PushResult::RolledBack(why.to_owned())));
+        guard.status.counts.rolled_back += 1;
         write_status(files, &guard.status)?;
         guard.pushed = trial.replaced_pushed;
         guard.sha = file_sha(if trial.replaced_pushed { &files.pushed } else { &files.installed })?;
         drop(guard);
-        self.metrics.rolled_back.fetch_add(1, Ordering::Relaxed);
         tracing::error!(
             version = trial.version,
             reason = why,

@@ -4,6 +4,7 @@
 //! stays; one that cuts the gateway off from central is rolled back by itself. Pushed files go to the
 //! push directory beside the spool, never over the installed file, which may be read-only (as
 //! `/etc/vigil/` is on a packaged gateway); an edit of the installed file wins over an earlier push.
+//! The agent's status page counts the outcomes on `/metrics`, across the restarts pushes cause.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -11,9 +12,12 @@ mod support;
 use std::process::{Child, Command as Process};
 use std::time::Duration;
 
+use axum::http::Method;
+use base64::Engine as _;
 use rumqttc::QoS;
 use support::{ENTERPRISE, Park, StandInCentral, gateway_id, wait_for};
 use vigil_common::{Channel, Command, CommandAction, EnterpriseId, PushResult, SigningKey, Topic};
+use vigil_edge::sources::camera::client;
 
 struct Agent(Child);
 
@@ -69,14 +73,63 @@ fn log(park: &Park) -> String {
     std::fs::read_to_string(park.dir.path().join("agent.log")).unwrap_or_default()
 }
 
+const STATUS_PASSWORD: &str = "push metrics";
+
+/// A `[status]` section on a free port, and the port.
+fn status_section() -> (String, u16) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let hash = vigil_edge::status::hash_password(STATUS_PASSWORD).unwrap();
+    (format!("\n[status]\nlisten = \"127.0.0.1:{port}\"\npassword_hash = \"{hash}\"\n"), port)
+}
+
+/// The push figures on the status page's `/metrics`, in the order `expected` gives them, once they
+/// equal `expected` (the page goes away and comes back with every restart a push causes); the last
+/// figures read if they never do.
+async fn push_metrics(port: u16, expected: [f64; 6]) -> [f64; 6] {
+    const NAMES: [&str; 6] = [
+        "vigil_edge_config_pushes_total{result=\"on_trial\"}",
+        "vigil_edge_config_pushes_total{result=\"applied\"}",
+        "vigil_edge_config_pushes_total{result=\"rejected\"}",
+        "vigil_edge_config_pushes_total{result=\"rolled_back\"}",
+        "vigil_edge_config_running_version",
+        "vigil_edge_config_trial_version",
+    ];
+    let auth =
+        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("technician:{STATUS_PASSWORD}")));
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    let mut seen = [-1.0; 6];
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(30) {
+        let headers = [("authorization", auth.clone())];
+        if let Ok(r) = client::send(Method::GET, &url, &headers, Vec::new(), Duration::from_secs(5), 1 << 24).await
+            && r.status == 200
+        {
+            let text = String::from_utf8(r.body).unwrap();
+            for (value, name) in seen.iter_mut().zip(NAMES) {
+                *value =
+                    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok()).unwrap_or(-1.0);
+            }
+            if seen == expected {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    seen
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pushed_configurations_are_validated_installed_kept_refused_or_rolled_back() {
-    let park = Park::new();
+    let mut park = Park::new();
+    let (status, status_port) = status_section();
+    park.extra_config = status;
     let central = StandInCentral::start(&park).await;
     let _ = park.gateway_config(park.broker.port());
     let original = std::fs::read_to_string(park.config_file()).unwrap();
     let _agent = start(&park);
     assert!(wait_for(30, || running(&central) == Some(0)).await, "the agent reports the installed file as version 0");
+    // /metrics: on_trial, applied, rejected, rolled_back, running version, trial version.
+    assert_eq!(push_metrics(status_port, [0.0; 6]).await, [0.0; 6], "no pushes yet");
 
     // 1. A valid push: installed, the agent restarts on it, reaches central, keeps it.
     let v1 = original.replace("interval_ms = 20", "interval_ms = 25");
@@ -111,6 +164,9 @@ async fn pushed_configurations_are_validated_installed_kept_refused_or_rolled_ba
     let batches_before = central.received.lock().unwrap().batches.len();
     let more = wait_for(10, || central.received.lock().unwrap().batches.len() > batches_before + 5).await;
     assert!(more, "the agent keeps sending");
+    // The install was counted by the turn before the restart, the keep and the refusal by this one.
+    let expected = [1.0, 1.0, 1.0, 0.0, 1.0, 0.0];
+    assert_eq!(push_metrics(status_port, expected).await, expected, "one on trial, applied and refused; v1 runs");
 
     // 4. Valid but cuts the gateway off (wrong broker port): rolled back after the trial window.
     let cut_off = v1
@@ -125,6 +181,8 @@ async fn pushed_configurations_are_validated_installed_kept_refused_or_rolled_ba
     assert_eq!(std::fs::read_to_string(&pushed).unwrap(), v1, "the previous file is back");
     assert_eq!(std::fs::read_to_string(park.config_file()).unwrap(), original, "the installed file is untouched");
     assert_eq!(running(&central), Some(1), "and runs as version 1");
+    let expected = [2.0, 1.0, 1.0, 1.0, 1.0, 0.0];
+    assert_eq!(push_metrics(status_port, expected).await, expected, "the rollback is counted too");
 }
 
 /// The packaged layout without the package: the installed file in a read-only directory (as
@@ -177,6 +235,8 @@ fn pushes_live_beside_the_spool_and_an_edit_of_the_installed_file_wins() {
     assert!(s.pushed && s.version == 1 && s.reason.contains("on trial"), "{}", s.reason);
     store.commit();
     assert_eq!(store.report().running, 1);
+    let counts = store.metrics().counts;
+    assert_eq!((counts.on_trial, counts.applied, counts.rejected, counts.rolled_back), (1, 1, 0, 0));
 
     // The next start loads the pushed file, anchored at the installed file's directory.
     let plant = config_push::load(&installed).unwrap();
@@ -185,15 +245,22 @@ fn pushes_live_beside_the_spool_and_an_edit_of_the_installed_file_wins() {
     let store = ConfigPush::open(&plant.installed, &plant.file).unwrap();
     assert_eq!(store.report().running, 1);
     assert!(store.describe().contains("pushed version 1, kept"), "{}", store.describe());
+    assert_eq!(store.metrics().counts.applied, 1, "the counts survive the restart");
+    assert!(matches!(store.receive(0, &v1, &plant), Received::Rejected(_)), "older than the running version");
 
     // A second push keeps the first as the previous copy; a rollback puts it back.
     let v2 = text.replace("port = 1883", "port = 1885");
     assert_eq!(store.receive(2, &v2, &plant), Received::Installed);
+    assert_eq!(store.metrics().trial, Some(2));
     assert_eq!(std::fs::read_to_string(var.join("config/gateway.toml.previous")).unwrap(), v1);
     store.roll_back("test").unwrap();
     assert_eq!(std::fs::read_to_string(&files.pushed).unwrap(), v1);
     assert!(!var.join("config/gateway.toml.previous").exists());
     assert_eq!(store.report().running, 1);
+    let m = store.metrics();
+    assert_eq!((m.running, m.trial), (1, None));
+    let counts = m.counts;
+    assert_eq!((counts.on_trial, counts.applied, counts.rejected, counts.rolled_back), (2, 1, 1, 1));
 
     // A kept pushed file that no longer loads is skipped for the installed file.
     std::fs::write(&files.pushed, v1.replace("[uplink]", "[uplink]\nno_such_key = 1")).unwrap();
@@ -214,6 +281,7 @@ fn pushes_live_beside_the_spool_and_an_edit_of_the_installed_file_wins() {
     let store = ConfigPush::open(&plant.installed, &plant.file).unwrap();
     let report = store.report();
     assert_eq!(report.running, 0, "the installed file runs as version 0");
+    assert_eq!(store.metrics().counts.rolled_back, 2, "setting the pushed file aside counts as a rollback");
     let Some(PushResult::RolledBack(why)) = report.last_push.map(|l| l.result) else { panic!("a rollback") };
     assert!(why.contains("edited on the gateway"), "{why}");
 

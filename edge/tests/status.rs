@@ -292,6 +292,7 @@ async fn the_listener_cuts_slow_headers_and_bounds_connections_and_request_size(
         batcher: Arc::default(),
         acquisition: Arc::default(),
         config: Box::new(|| "test".into()),
+        config_pushes: Box::new(Default::default),
     };
     let board = Arc::new(Board::new(&plant, 10, handles));
     let (stop_tx, stop) = tokio::sync::watch::channel(false);

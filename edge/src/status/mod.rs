@@ -212,6 +212,8 @@ pub struct Handles {
     pub acquisition: Arc<crate::sources::Metrics>,
     /// Which configuration file runs and why (installed or pushed), in words.
     pub config: Box<dyn Fn() -> String + Send + Sync>,
+    /// Configuration push versions and outcome counts.
+    pub config_pushes: Box<dyn Fn() -> crate::config_push::PushMetrics + Send + Sync>,
 }
 
 /// What the status page knows: filled by the tap, read by the server.
@@ -522,6 +524,27 @@ impl Board {
                 s.oldest_stored_ms.map_or(0.0, |t| (now - t).max(0) as f64 / 1000.0),
             ));
         }
+        let pushes = (h.config_pushes)();
+        let c = pushes.counts;
+        for (result, n) in
+            [("on_trial", c.on_trial), ("applied", c.applied), ("rejected", c.rejected), ("rolled_back", c.rolled_back)]
+        {
+            out.push((
+                format!("vigil_edge_config_pushes_total{{result=\"{result}\"}}"),
+                "configuration pushes by outcome, kept across restarts in the push status",
+                n as f64,
+            ));
+        }
+        out.push((
+            "vigil_edge_config_running_version".into(),
+            "kept pushed configuration version running; 0 the installed file",
+            pushes.running as f64,
+        ));
+        out.push((
+            "vigil_edge_config_trial_version".into(),
+            "pushed configuration version on trial; 0 none",
+            pushes.trial.unwrap_or(0) as f64,
+        ));
         out.push(("vigil_edge_spool_flushes_total".into(), "spool flushes", stats.flushes as f64));
         out.push((
             "vigil_edge_spool_max_flush_microseconds".into(),
