@@ -328,6 +328,8 @@ pub struct Core {
     pub streams: Streams,
     /// Camera snapshots that came with gas detections (shared with the query API).
     pub evidence: Arc<crate::evidence::EvidenceStore>,
+    /// The gateways' point catalogues (shared with the API).
+    pub catalogues: crate::catalogue::Catalogues,
     wal_bytes_at_checkpoint: u64,
     last_checkpoint: Instant,
     last_touch: HashMap<GatewayId, Instant>,
@@ -402,6 +404,7 @@ impl Core {
             "ingest: recovered"
         );
         let keys = registry.load_keys().await?;
+        let catalogues = crate::catalogue::Catalogues::open(&registry).await?;
         Ok(Core {
             data_dir,
             wal,
@@ -414,6 +417,7 @@ impl Core {
             metrics,
             streams: Streams::default(),
             evidence: Arc::new(evidence),
+            catalogues,
             wal_bytes_at_checkpoint: 0,
             last_checkpoint: Instant::now(),
             last_touch: HashMap::new(),
@@ -445,6 +449,46 @@ impl Core {
         }
     }
 
+    /// Verifies a gateway's point catalogue and stores it. An empty payload is the retained message
+    /// being cleared, not an error.
+    async fn take_catalogue(&mut self, topic: &Topic, payload: &[u8], now: i64) -> Result<(), IngestError> {
+        if payload.is_empty() {
+            return Ok(());
+        }
+        // A gateway sends its catalogue right after its first connect, maybe before the next reload.
+        if !self.keys.contains_key(&topic.gateway) && self.keys_loaded.elapsed() >= Duration::from_secs(1) {
+            self.reload_keys().await?;
+        }
+        let c = &self.catalogues;
+        let verified = match self.keys.get(&topic.gateway) {
+            Some(gk) if gk.enterprise == topic.enterprise => {
+                vigil_common::PointCatalogue::open(payload, &topic.gateway, |kid| gk.usable(kid, now))
+                    .map_err(|e| e.to_string())
+            }
+            Some(_) => Err(format!("published under enterprise {}, not its own", topic.enterprise)),
+            None => Err("the gateway is not registered".to_owned()),
+        };
+        match verified {
+            Ok(catalogue) => {
+                let (devices, points) = (catalogue.devices.len(), catalogue.points.len());
+                match c.record_signed(catalogue, payload, now).await {
+                    Ok(true) => {
+                        tracing::info!(gateway = %topic.gateway, devices, points, "ingest: point catalogue stored")
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::error!(gateway = %topic.gateway, error = %e, "ingest: point catalogue not stored")
+                    }
+                }
+            }
+            Err(e) => {
+                c.metrics.rejected.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(gateway = %topic.gateway, error = %e, "ingest: point catalogue rejected");
+            }
+        }
+        Ok(())
+    }
+
     /// Processes one group of messages: verify all, commit the accepted ones to the WAL with one
     /// fsync, then store them and return the acks to publish (also for duplicates).
     pub async fn process_group(&mut self, msgs: Vec<Incoming>) -> Result<Vec<Outgoing>, IngestError> {
@@ -459,7 +503,7 @@ impl Core {
         let mut states: Vec<(GatewayId, usize)> = Vec::new();
         for msg in msgs {
             let topic = match Topic::parse(&msg.topic) {
-                Ok(t) if matches!(t.channel, Channel::UpBatch | Channel::UpState) => t,
+                Ok(t) if matches!(t.channel, Channel::UpBatch | Channel::UpState | Channel::UpCatalogue) => t,
                 _ => {
                     m.reject(Reject::Topic);
                     tracing::warn!(topic = %msg.topic, "ingest: message on an unexpected topic");
@@ -487,6 +531,10 @@ impl Core {
                     }
                 }
                 states.push((topic.gateway, msg.payload.len()));
+                continue;
+            }
+            if topic.channel == Channel::UpCatalogue {
+                self.take_catalogue(&topic, &msg.payload, now).await?;
                 continue;
             }
             m.batches_received.fetch_add(1, Ordering::Relaxed);
@@ -767,7 +815,7 @@ pub async fn mqtt_loop(client: AsyncClient, mut eventloop: EventLoop, tx: LaneTx
                 metrics.mqtt_connects.fetch_add(1, Ordering::Relaxed);
                 backoff = Duration::from_millis(100);
                 tracing::info!("mqtt: connected; subscribing");
-                for ch in [Channel::UpBatch, Channel::UpState] {
+                for ch in [Channel::UpBatch, Channel::UpState, Channel::UpCatalogue] {
                     if let Err(e) = client.try_subscribe(ch.filter_all(), QoS::AtLeastOnce) {
                         tracing::error!(error = %e, "mqtt: subscribe request failed");
                     }

@@ -4,6 +4,7 @@
 pub mod alarms;
 pub mod api;
 pub mod broker;
+pub mod catalogue;
 pub mod config;
 pub mod config_push;
 pub mod enrol;

@@ -403,6 +403,7 @@ async fn run(config: &Path) -> Result<()> {
         Some(Arc::new(vigil_central::api::alarms::AlarmServices { hub, feed: feed_metrics, notify: notify_metrics }));
     state.broker = broker.as_ref().map(|b| b.metrics());
     state.evidence = Some(core.evidence.clone());
+    state.catalogues = core.catalogues.clone();
     // The MQTT client first (it queues until its event loop runs): configuration pushes send with it.
     let opts = ingest::mqtt_options(&cfg.mqtt).context("MQTT options")?;
     let (client, eventloop) = rumqttc::AsyncClient::new(opts, 8192);

@@ -120,7 +120,9 @@ impl Registry {
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(std::time::Duration::from_secs(5));
         let pool = SqlitePoolOptions::new().max_connections(4).connect_with(opts).await?;
-        for stmt in SCHEMA.iter().chain(crate::enrol::SCHEMA).chain(crate::config_push::SCHEMA) {
+        for stmt in
+            SCHEMA.iter().chain(crate::enrol::SCHEMA).chain(crate::config_push::SCHEMA).chain(crate::catalogue::SCHEMA)
+        {
             sqlx::query(*stmt).execute(&pool).await?;
         }
         Ok(Registry { pool })

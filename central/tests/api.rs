@@ -14,6 +14,7 @@ use vigil_central::config::ApiConfig;
 use vigil_central::config_push::ConfigPushes;
 use vigil_central::historian::{FileChunkStore, Historian};
 use vigil_central::identity::{AuthConfig, NewUser, SecurityEvent};
+use vigil_common::catalogue::CatalogueDocument;
 use vigil_common::{EnterpriseId, GatewayId, PointId, Sample, SigningKey};
 
 const PASSWORD: &str = "Correct-Horse-7";
@@ -63,6 +64,8 @@ async fn start(auth: AuthConfig) -> Api {
     for (gw, ent, seed) in [("gw-a", "ent-a", 1u8), ("gw-b", "ent-b", 2)] {
         let key = SigningKey::from_seed(&[seed; 32]).public_key();
         state.registry.add(&GatewayId::new(gw).unwrap(), &EnterpriseId::new(ent).unwrap(), &key, 1).await.unwrap();
+        let doc: CatalogueDocument = serde_json::from_str(&catalogue_doc(gw, "m")).unwrap();
+        state.catalogues.import(doc.try_into().unwrap(), "setup", 1).await.unwrap();
     }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -287,6 +290,16 @@ async fn password_policy_expiry_history_and_admin_set_passwords() {
     assert!(!users.to_string().contains("argon2"), "hashes never leave the store");
 }
 
+/// A `vigil-edge catalogue` document of `gw`: device `dev-{gw}` with point p1 in `unit`.
+fn catalogue_doc(gw: &str, unit: &str) -> String {
+    serde_json::json!({
+        "gateway": gw, "ts_ms": 1, "config_sha256": "ab".repeat(32),
+        "devices": [{ "name": format!("dev-{gw}"), "protocol": "modbus_tcp", "address": "10.0.0.9:502 unit 1" }],
+        "points": [{ "id": "p1", "device": format!("dev-{gw}"), "unit": unit, "range": [0.0, 100.0], "poll_ms": 1000 }],
+    })
+    .to_string()
+}
+
 /// A request that exercises `o` with valid parameters and body.
 fn exercise(o: &vigil_central::api::openapi::Operation) -> (String, Option<String>) {
     let id = if o.path.starts_with("/api/v1/gateways") { "gw-a" } else { "1" };
@@ -318,6 +331,7 @@ fn exercise(o: &vigil_central::api::openapi::Operation) -> (String, Option<Strin
         ("post", "/api/v1/gateways/{id}/config") => {
             Some(serde_json::json!({ "toml": "[gateway]\nid = \"gw-a\"\nenterprise = \"ent-a\"\n" }).to_string())
         }
+        ("put", "/api/v1/gateways/{id}/catalogue") => Some(catalogue_doc("gw-a", "m")),
         ("post", _) | ("patch", _) | ("put", _) => Some("{}".to_owned()),
         _ => None,
     };
@@ -398,6 +412,10 @@ async fn an_enterprise_user_sees_nothing_of_other_enterprises_whatever_the_url()
     assert_eq!(keys, ["gw-a/p1"]);
     assert_eq!(points["items"][0]["enterprise"], "ent-a");
     assert_eq!(points["items"][0]["limits"]["hh"], 90.0, "limits from the alarm definitions");
+    assert_eq!(
+        (points["items"][0]["unit"].as_str(), points["items"][0]["device"].as_str()),
+        (Some("m"), Some("dev-gw-a"))
+    );
     let all = api.get("/api/v1/points", &olga).await.json();
     assert_eq!(all["items"].as_array().unwrap().len(), 3, "the park-wide operator sees all: {all}");
     let toms = api.get("/api/v1/points", &tom).await.json();
@@ -414,6 +432,7 @@ async fn an_enterprise_user_sees_nothing_of_other_enterprises_whatever_the_url()
         format!("/api/v1/raw?point=gw-b%2Fp1&from=0&to={to}"),
         format!("/api/v1/aggregate?point=gw-b/p1&from=0&to={to}&bucket_ms=1000"),
         "/api/v1/gateways/gw-b".to_owned(),
+        "/api/v1/gateways/gw-b/catalogue".to_owned(),
         "/api/v1/gateways/gw-x".to_owned(),
         "/api/v1/gateways/gw-b/".to_owned(),
     ] {
@@ -435,6 +454,81 @@ async fn an_enterprise_user_sees_nothing_of_other_enterprises_whatever_the_url()
     assert_eq!(ents["items"][0]["id"], "ent-a");
     let ents = api.get("/api/v1/enterprises", &olga).await.json();
     assert_eq!(ents["items"].as_array().unwrap().len(), 2);
+    for devices in ["/api/v1/devices", "/api/v1/devices?enterprise=ent-b", "/api/v1/devices?gateway=gw-b"] {
+        let keys: Vec<String> = api.get(devices, &eve).await.json()["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["key"].as_str().unwrap().to_owned())
+            .collect();
+        let expected: &[&str] = if devices == "/api/v1/devices" { &["gw-a/dev-gw-a"] } else { &[] };
+        assert_eq!(keys, expected, "{devices}");
+    }
+    let searched = api.get("/api/v1/points?q=ENT-B", &eve).await.json();
+    assert_eq!(searched["items"].as_array().unwrap().len(), 0, "a search cannot widen the scope");
+    // A field technician of ent-b cannot import for ent-a's gateway.
+    let a =
+        request(api.port, "PUT", "/api/v1/gateways/gw-a/catalogue", Some(&tom), &[], Some(&catalogue_doc("gw-a", "m")))
+            .await;
+    assert_eq!(a.status, 404, "{}", a.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catalogue_imports_are_checked_and_give_way_to_the_gateways_own() {
+    let api = start(AuthConfig::default()).await;
+    api.user("tess", Role::FieldTechnician, Some(&["ent-a"])).await;
+    let tess = login(api.port, "tess", PASSWORD).await;
+    let put = |body: String| {
+        let tess = tess.clone();
+        async move { request(api.port, "PUT", "/api/v1/gateways/gw-a/catalogue", Some(&tess), &[], Some(&body)).await }
+    };
+    // Errors name the entry.
+    let mut doc: serde_json::Value = serde_json::from_str(&catalogue_doc("gw-a", "m")).unwrap();
+    doc["points"][0]["device"] = "nowhere".into();
+    let a = put(doc.to_string()).await;
+    assert!(a.status == 400 && a.body.contains("points[0]") && a.body.contains("nowhere"), "{} {}", a.status, a.body);
+    let a = put(catalogue_doc("gw-b", "m")).await;
+    assert!(a.status == 400 && a.body.contains("gw-b"), "{} {}", a.status, a.body);
+    let a = put("{\"gateway\": \"gw-a\"}".into()).await;
+    assert_eq!(a.status, 400, "{}", a.body);
+
+    // A gateway with 300 points: larger than the general body limit of this harness (4096 bytes).
+    let mut big: serde_json::Value = serde_json::from_str(&catalogue_doc("gw-a", "m")).unwrap();
+    big["points"] = (0..300)
+        .map(|i| serde_json::json!({ "id": format!("TK{i}.LT"), "device": "dev-gw-a", "unit": "m", "poll_ms": 500 }))
+        .collect();
+    let body = big.to_string();
+    assert!(body.len() > 4096);
+    let a = put(body).await;
+    assert_eq!(a.status, 201, "{}", a.body);
+    assert_eq!((a.json()["source"].as_str(), a.json()["imported_by"].as_str()), (Some("import"), Some("tess")));
+    let listed = api.get("/api/v1/points?gateway=gw-a&q=tk29", &tess).await.json();
+    let keys: Vec<&str> = listed["items"].as_array().unwrap().iter().map(|p| p["key"].as_str().unwrap()).collect();
+    assert_eq!(keys.len(), 11, "TK29 and TK290..TK299: {keys:?}");
+    assert_eq!(
+        (listed["items"][0]["configured"].clone(), listed["items"][0]["stored"].clone()),
+        (true.into(), false.into())
+    );
+    // p1 was in the old import only; its stored history keeps it listed, without metadata now.
+    let p1 = api.get("/api/v1/points?gateway=gw-a&q=p1", &tess).await.json();
+    assert_eq!(p1["items"][0]["key"], "gw-a/p1");
+    assert_eq!(
+        (p1["items"][0]["configured"].clone(), p1["items"][0]["unit"].clone()),
+        (false.into(), serde_json::Value::Null)
+    );
+    let page: serde_json::Value = api.get("/api/v1/points?gateway=gw-a&limit=100", &tess).await.json();
+    let next = page["next_cursor"].as_str().unwrap().to_owned();
+    let page2 = api.get(&format!("/api/v1/points?gateway=gw-a&limit=1000&cursor={next}"), &tess).await.json();
+    assert_eq!(page["items"].as_array().unwrap().len() + page2["items"].as_array().unwrap().len(), 301);
+
+    // The gateway's own signed catalogue replaces the import; imports then get 409.
+    let own: CatalogueDocument = serde_json::from_str(&catalogue_doc("gw-a", "mm")).unwrap();
+    api.state.catalogues.record_signed(own.try_into().unwrap(), b"sealed", 5).await.unwrap();
+    let a = put(catalogue_doc("gw-a", "m")).await;
+    assert_eq!(a.status, 409, "{}", a.body);
+    let c = api.get("/api/v1/gateways/gw-a/catalogue", &tess).await.json();
+    assert_eq!((c["source"].as_str(), c["document"]["points"][0]["unit"].as_str()), (Some("gateway"), Some("mm")));
+    assert!(c["current"].is_null(), "no state reported: {c}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -31,6 +31,8 @@ pub enum Kind {
     Command = 3,
     /// A gateway's birth or death state (`up/state`).
     State = 4,
+    /// A gateway's devices and points (`up/catalogue`).
+    Catalogue = 5,
 }
 
 impl Kind {
@@ -40,6 +42,7 @@ impl Kind {
             2 => Kind::Ack,
             3 => Kind::Command,
             4 => Kind::State,
+            5 => Kind::Catalogue,
             _ => return None,
         })
     }
@@ -51,14 +54,16 @@ impl Kind {
             Kind::Ack => b"vigil/v1 signed ack\0",
             Kind::Command => b"vigil/v1 signed command\0",
             Kind::State => b"vigil/v1 signed state\0",
+            Kind::Catalogue => b"vigil/v1 signed catalogue\0",
         }
     }
 
     /// The largest envelope of this kind a receiver accepts, in bytes.
     pub fn max_envelope_len(self) -> usize {
         match self {
-            // A batch may carry a gas-camera snapshot (up to 1 MiB) besides its samples.
-            Kind::Batch => 2 * 1024 * 1024,
+            // A batch may carry a gas-camera snapshot (up to 1 MiB) besides its samples; a catalogue
+            // of 20,000 points takes about 1.3 MiB.
+            Kind::Batch | Kind::Catalogue => 2 * 1024 * 1024,
             Kind::Ack | Kind::Command | Kind::State => 256 * 1024,
         }
     }

@@ -4,6 +4,7 @@
 
 pub mod ack;
 pub mod batch;
+pub mod catalogue;
 pub mod codec;
 pub mod command;
 pub mod enrolment;
@@ -16,6 +17,7 @@ pub mod topic;
 
 pub use ack::{Ack, AckError, SeqRange};
 pub use batch::{Batch, BatchBuilder, BatchError, ClassDrops, DropCounters, Priority, Series};
+pub use catalogue::{CatalogueError, DeviceEntry, DeviceProtocol, PointCatalogue, PointEntry};
 pub use command::{Command, CommandAction, CommandError};
 pub use envelope::{Algorithm, EnvelopeError, KeyId, Kind, PublicKey, SigningKey};
 pub use event::{Event, EventKind, GasDetection};

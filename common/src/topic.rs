@@ -1,4 +1,4 @@
-//! MQTT topic names: `vigil/v1/{enterprise}/{gateway}/{up/batch|up/state|down/ack|down/cmd}`.
+//! MQTT topic names: `vigil/v1/{enterprise}/{gateway}/{up/batch|up/state|up/catalogue|down/ack|down/cmd}`.
 
 use std::fmt;
 
@@ -7,13 +7,15 @@ use crate::point::{EnterpriseId, GatewayId, IdError};
 /// The first two topic levels.
 pub const PREFIX: &str = "vigil/v1";
 
-/// The four channels between a gateway and central.
+/// The channels between a gateway and central.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Channel {
     /// Gateway -> central: signed batches, QoS 1.
     UpBatch,
     /// Gateway -> central: retained birth/death state.
     UpState,
+    /// Gateway -> central: retained point catalogue (devices and points of the running configuration).
+    UpCatalogue,
     /// Central -> gateway: signed acknowledgements.
     DownAck,
     /// Central -> gateway: signed commands.
@@ -26,6 +28,7 @@ impl Channel {
         match self {
             Channel::UpBatch => "up/batch",
             Channel::UpState => "up/state",
+            Channel::UpCatalogue => "up/catalogue",
             Channel::DownAck => "down/ack",
             Channel::DownCmd => "down/cmd",
         }
@@ -55,7 +58,7 @@ pub enum TopicError {
     #[error("topic {0:?} is not vigil/v1/<enterprise>/<gateway>/<up|down>/<channel>")]
     Shape(String),
     /// An unknown channel.
-    #[error("topic {0:?} names no known channel (up/batch, up/state, down/ack, down/cmd)")]
+    #[error("topic {0:?} names no known channel (up/batch, up/state, up/catalogue, down/ack, down/cmd)")]
     Channel(String),
     /// An invalid enterprise or gateway level.
     #[error("topic {topic:?}: {source}")]
@@ -85,6 +88,7 @@ impl Topic {
         let channel = match (*dir, *chan) {
             ("up", "batch") => Channel::UpBatch,
             ("up", "state") => Channel::UpState,
+            ("up", "catalogue") => Channel::UpCatalogue,
             ("down", "ack") => Channel::DownAck,
             ("down", "cmd") => Channel::DownCmd,
             _ => return Err(TopicError::Channel(topic.to_owned())),
@@ -110,7 +114,7 @@ mod tests {
 
     #[test]
     fn topics_round_trip() {
-        for ch in [Channel::UpBatch, Channel::UpState, Channel::DownAck, Channel::DownCmd] {
+        for ch in [Channel::UpBatch, Channel::UpState, Channel::UpCatalogue, Channel::DownAck, Channel::DownCmd] {
             let t = Topic::new(EnterpriseId::new("ent-a").unwrap(), GatewayId::new("gw_01").unwrap(), ch);
             assert_eq!(Topic::parse(&t.to_string()).unwrap(), t);
         }
@@ -128,6 +132,7 @@ mod tests {
             "vigil/v1/a/#/up/batch",
             "vigil/v1//b/up/batch",
             "vigil/v1/a/b/up/cmd",
+            "vigil/v1/a/b/down/catalogue",
             "vigil/v1/a/b/side/batch",
             "/vigil/v1/a/b/up/batch",
         ] {

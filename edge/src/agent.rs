@@ -120,6 +120,7 @@ pub async fn run_with(plant: Arc<Plant>, stop: watch::Receiver<bool>, hardware: 
             .context("uplink configuration")?;
             u.set_heartbeat(supervisor.register("uplink", MAX_LOOP_SILENCE));
             u.set_config_push(pushes.clone(), plant.clone());
+            u.set_catalogue(crate::catalogue::of(&plant, pushes.report().sha256, now_ms()));
             Some(u)
         }
         None => None,

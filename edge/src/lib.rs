@@ -7,6 +7,7 @@
 use vigil_common::{Event, PointId, Sample};
 
 pub mod agent;
+pub mod catalogue;
 pub mod config;
 pub mod config_push;
 pub mod pipeline;

@@ -64,6 +64,10 @@ enum Command {
     },
     /// Validate a configuration and print its devices, points and planned requests.
     Check(ConfigArg),
+    /// Print the point catalogue of a configuration as JSON (devices, points, units, ranges): what
+    /// the agent sends central on every connect, and what `PUT /api/v1/gateways/{id}/catalogue`
+    /// imports for a gateway that is not connected yet.
+    Catalogue(ConfigArg),
     /// Read every point once and print value, quality and timestamp; exit 1 if a device failed.
     Read {
         #[command(flatten)]
@@ -238,6 +242,15 @@ fn main() -> Result<()> {
         Command::Pubkey { key } => {
             let key = vigil_common::keyfile::load(&key).context("reading the gateway key")?;
             println!("{}", key.public_key().to_text());
+        }
+        Command::Catalogue(c) => {
+            let plant = load(&c.config)?;
+            let bytes = std::fs::read(&c.config).with_context(|| format!("reading {}", c.config.display()))?;
+            let sha: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(&bytes).into();
+            let catalogue = vigil_edge::catalogue::of(&plant, sha, vigil_edge::spool::now_ms());
+            catalogue.validate().with_context(|| format!("the catalogue of {}", c.config.display()))?;
+            let doc = vigil_common::catalogue::CatalogueDocument::from(&catalogue);
+            emit(&format!("{}\n", serde_json::to_string_pretty(&doc).context("encoding the catalogue")?))?;
         }
         Command::Check(c) => {
             check(&load(&c.config)?)?;

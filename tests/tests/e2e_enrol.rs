@@ -4,6 +4,8 @@
 //! from the written snippet delivers its heartbeat over mutual TLS. The used token is refused.
 //! Then configuration pushes through the API: applied, refused with the gateway's exact error while
 //! the old file stays, and one made while the gateway is offline goes out when it comes back.
+//! Point metadata on the way: the `vigil-edge catalogue` document imported before the gateway
+//! connects, then replaced by the catalogue the gateway signs, which follows each applied push.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::os::unix::fs::PermissionsExt as _;
@@ -11,6 +13,42 @@ use std::time::{Duration, Instant};
 
 use vigil_tests::{http_get_auth, http_request, login, run_to_end, spawn, terminate};
 use vigil_tools::broker::free_port;
+
+fn catalogue(api_port: u16, token: &str) -> serde_json::Value {
+    let (status, body) = http_get_auth(api_port, token, "/api/v1/gateways/gw-en/catalogue").unwrap();
+    if status == 404 {
+        return serde_json::Value::Null;
+    }
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// The gateway's own catalogue once it lists `gateway.heartbeat` with `poll_ms` and is current.
+fn wait_catalogue(api_port: u16, token: &str, poll_ms: u64, d: &std::path::Path) -> serde_json::Value {
+    let start = Instant::now();
+    loop {
+        let c = catalogue(api_port, token);
+        let heartbeat = c["document"]["points"]
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["id"] == "gateway.heartbeat"))
+            .map(|p| p["poll_ms"].clone());
+        if c["source"] == "gateway" && c["current"] == true && heartbeat == Some(poll_ms.into()) {
+            return c;
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            let log = std::fs::read_to_string(d.join("central.log")).unwrap_or_default();
+            panic!("the gateway's catalogue with poll_ms {poll_ms} did not arrive: {c}\ncentral:\n{log}");
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+fn point(api_port: u16, token: &str, key: &str) -> serde_json::Value {
+    let (status, body) = http_get_auth(api_port, token, "/api/v1/points?gateway=gw-en&limit=1000").unwrap();
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    v["items"].as_array().unwrap().iter().find(|p| p["key"] == key).cloned().unwrap_or_default()
+}
 
 fn heartbeats(api_port: u16, token: &str) -> usize {
     let path = format!("/api/v1/raw?point=gw-en/gateway.heartbeat&from=0&to={}&limit=100000", i64::MAX);
@@ -85,11 +123,36 @@ fn an_enrolled_gateway_delivers_its_heartbeat_and_takes_configuration_pushes() {
     std::fs::write(
         &gw_conf,
         format!(
-            "{snippet}\n[spool]\npath = \"{}\"\nbatch_max_age_ms = 100\n\n[system]\ninterval_ms = 20\n",
-            d.join("spool").display()
+            "{snippet}\n[spool]\npath = \"{}\"\nbatch_max_age_ms = 100\n\n[system]\ninterval_ms = 20\n\n\
+             [[devices]]\nname = \"tanks\"\nprotocol = \"tcp\"\nhost = \"127.0.0.1\"\nport = {}\n\
+             point_prefix = \"TK101.\"\npoints = [{{ id = \"LT\", kind = \"holding\", address = 0, type = \"f32\", \
+             unit = \"m\", range = [0.0, 20.0] }}]\n",
+            d.join("spool").display(),
+            free_port().unwrap()
         ),
     )
     .unwrap();
+
+    // Before the gateway connects: the technician's offline catalogue, imported.
+    assert!(catalogue(api_port, &admin).is_null());
+    let doc = run_to_end("vigil-edge", &["catalogue", "--config", gw_conf.to_str().unwrap()]).unwrap();
+    let (status, body) =
+        http_request(api_port, "PUT", "/api/v1/gateways/gw-en/catalogue", Some(&admin), Some(&doc)).unwrap();
+    assert_eq!(status, 201, "{body}");
+    let imported: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!((imported["source"].as_str(), imported["imported_by"].as_str()), (Some("import"), Some("admin")));
+    let lt = point(api_port, &admin, "gw-en/TK101.LT");
+    assert_eq!((lt["unit"].as_str(), lt["device"].as_str()), (Some("m"), Some("tanks")), "{lt}");
+    assert_eq!(
+        (lt["range"].clone(), lt["configured"].clone(), lt["stored"].clone()),
+        (serde_json::json!([0.0, 20.0]), true.into(), false.into()),
+        "{lt}"
+    );
+    // A document of another gateway is refused, naming both.
+    let other = doc.replace("\"gw-en\"", "\"gw-other\"");
+    let (status, body) =
+        http_request(api_port, "PUT", "/api/v1/gateways/gw-en/catalogue", Some(&admin), Some(&other)).unwrap();
+    assert!(status == 400 && body.contains("gw-other"), "{status} {body}");
     let mut edge = spawn("vigil-edge", &["run", "--config", gw_conf.to_str().unwrap()], &d.join("edge.log")).unwrap();
     let start = Instant::now();
     while heartbeats(api_port, &admin) < 10 {
@@ -105,12 +168,35 @@ fn an_enrolled_gateway_delivers_its_heartbeat_and_takes_configuration_pushes() {
     }
     assert!(!std::fs::read_to_string(d.join("central.log")).unwrap().contains(&token), "the token reached the log");
 
+    // The gateway's signed catalogue replaces the import, and an import no longer replaces it.
+    let own = wait_catalogue(api_port, &admin, 20, d);
+    assert!(own["imported_by"].is_null(), "{own}");
+    let (status, body) =
+        http_request(api_port, "PUT", "/api/v1/gateways/gw-en/catalogue", Some(&admin), Some(&doc)).unwrap();
+    assert_eq!(status, 409, "{body}");
+    let hb = point(api_port, &admin, "gw-en/gateway.heartbeat");
+    assert_eq!(
+        (hb["configured"].clone(), hb["stored"].clone(), hb["device"].clone()),
+        (true.into(), true.into(), "gateway".into()),
+        "{hb}"
+    );
+    let (_, devices) = http_get_auth(api_port, &admin, "/api/v1/devices?gateway=gw-en").unwrap();
+    let devices: serde_json::Value = serde_json::from_str(&devices).unwrap();
+    let tanks = devices["items"].as_array().unwrap().iter().find(|d| d["name"] == "tanks").cloned().unwrap_or_default();
+    assert_eq!(
+        (tanks["protocol"].as_str(), tanks["points"].as_u64(), tanks["source"].as_str()),
+        (Some("modbus_tcp"), Some(1), Some("gateway")),
+        "{devices}"
+    );
+
     // Configuration pushes through the API.
     let installed = std::fs::read_to_string(&gw_conf).unwrap();
     let v1 = installed.replace("interval_ms = 20", "interval_ms = 25");
     assert_eq!(push(api_port, &admin, &v1), 1);
     let (status, _) = wait_push(api_port, &admin, 1, d);
     assert_eq!(status, "applied");
+    // The catalogue follows the configuration the gateway now runs.
+    wait_catalogue(api_port, &admin, 25, d);
     // Pushed files live in the state directory beside the spool; the installed file is left alone.
     let pushed = d.join("config/gateway.toml");
     assert_eq!(std::fs::read_to_string(&pushed).unwrap(), v1, "the pushed file runs on the gateway");

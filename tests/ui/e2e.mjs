@@ -155,6 +155,9 @@ try {
   check(drawn > 20, `trend line drawn (${drawn} pixels in the series colour)`);
   const value = await page.textContent('#value-now');
   check(value && value.trim().length > 0, `live value shown (${value})`);
+  // Device, range and unit come from the catalogue the gateway signed, not from anything typed at central.
+  const facts = await page.textContent('#point-facts');
+  check(/tk101/.test(facts) && /100/.test(facts) && /%/.test(facts), `point facts from the gateway's catalogue (${facts})`);
   await shot('05-point-trend');
   await page.click('button[data-preset="7d"]');
   await page.waitForFunction(() => document.querySelector('#trend-samples')?.dataset.buckets > 0, null, { timeout: 20000 });

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use vigil_common::{GatewayId, PointId, Sample, Value};
 
 use super::auth::READ_DATA;
-use super::{ApiError, ApiState, Principal, bad, limit, page};
+use super::{ApiError, ApiState, Principal, bad};
 use crate::historian::{Bucket, Historian, SeriesKey};
 
 /// Most samples one raw query returns.
@@ -67,11 +67,13 @@ struct RangeQ {
     bucket_ms: Option<i64>,
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, ApiError> + Send + 'static) -> Result<T, ApiError> {
+pub(super) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(f).await.map_err(|e| ApiError::internal(e.to_string()))?
 }
 
-fn read(h: &RwLock<Historian>) -> Result<std::sync::RwLockReadGuard<'_, Historian>, ApiError> {
+pub(super) fn read(h: &RwLock<Historian>) -> Result<std::sync::RwLockReadGuard<'_, Historian>, ApiError> {
     h.read().map_err(|_| ApiError::internal("historian lock poisoned"))
 }
 
@@ -141,81 +143,6 @@ async fn aggregate(
     .await
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PointsQ {
-    gateway: Option<String>,
-    enterprise: Option<String>,
-    limit: Option<u32>,
-    cursor: Option<String>,
-}
-
-/// A point with its metadata.
-#[derive(Debug, Serialize)]
-pub struct PointView {
-    /// `gateway/point`.
-    pub key: String,
-    /// Gateway id.
-    pub gateway: String,
-    /// Point id.
-    pub point: String,
-    /// The gateway's enterprise (`null`: gateway not registered).
-    pub enterprise: Option<String>,
-    /// Engineering unit (`null` until point metadata is imported from gateway configurations).
-    pub unit: Option<String>,
-    /// Alarm limits from the alarm definitions (`null`: none defined).
-    pub limits: Option<crate::alarms::Limits>,
-}
-
-/// `GET /points`: every stored series the caller may see, by key; `cursor` is the last key.
-async fn points(
-    State(st): State<ApiState>,
-    p: Principal,
-    Query(q): Query<PointsQ>,
-) -> Result<axum::Json<serde_json::Value>, ApiError> {
-    p.require(READ_DATA)?;
-    let n = limit(q.limit) as usize;
-    let map = st.scope.map().await?;
-    let historian = st.historian.clone();
-    let mut keys: Vec<(String, SeriesKey)> = blocking(move || {
-        let h = read(&historian)?;
-        Ok(h.series_keys().into_iter().map(|k| (format!("{}/{}", k.gateway, k.point), k)).collect())
-    })
-    .await?;
-    keys.sort_by(|a, b| a.0.cmp(&b.0));
-    let mut items: Vec<PointView> = keys
-        .into_iter()
-        .filter(|(key, _)| q.cursor.as_ref().is_none_or(|c| key > c))
-        .map(|(key, k)| {
-            let enterprise = map.get(k.gateway.as_str()).cloned();
-            PointView {
-                key,
-                gateway: k.gateway.to_string(),
-                point: k.point.to_string(),
-                enterprise,
-                unit: None,
-                limits: None,
-            }
-        })
-        .filter(|v| match (&p.enterprises, &v.enterprise) {
-            (None, _) => true,
-            (Some(_), Some(e)) => p.sees_name(e),
-            (Some(_), None) => false,
-        })
-        .filter(|v| q.gateway.as_ref().is_none_or(|g| *g == v.gateway))
-        .filter(|v| q.enterprise.as_ref().is_none_or(|e| v.enterprise.as_ref() == Some(e)))
-        .take(n)
-        .collect();
-    if let Some(engine) = &st.alarms {
-        let engine = engine.lock().await;
-        for v in &mut items {
-            v.limits = engine.limits(&v.key);
-        }
-    }
-    let next = (items.len() == n).then(|| items.last().map(|v| v.key.clone())).flatten();
-    Ok(page(items, next))
-}
-
 async fn metrics(State(st): State<ApiState>) -> Result<String, ApiError> {
     let mut s = st.metrics.prometheus();
     if let Some(b) = &st.broker {
@@ -246,6 +173,7 @@ async fn metrics(State(st): State<ApiState>) -> Result<String, ApiError> {
     s.push_str(&st.calls.metrics().prometheus());
     s.push_str(&crate::enrol::METRICS.prometheus());
     s.push_str(&crate::updates::METRICS.prometheus());
+    s.push_str(&st.catalogues.metrics.prometheus());
     if let Some(p) = &st.pushes {
         s.push_str(&p.metrics.prometheus());
     }
@@ -255,7 +183,6 @@ async fn metrics(State(st): State<ApiState>) -> Result<String, ApiError> {
 /// The historian's routes and `/metrics`.
 pub fn routes() -> Router<ApiState> {
     Router::new()
-        .route("/api/v1/points", get(points))
         .route("/api/v1/latest", get(latest))
         .route("/api/v1/raw", get(raw))
         .route("/api/v1/aggregate", get(aggregate))

@@ -10,6 +10,7 @@ pub mod enrolments;
 pub mod evidence;
 pub mod history;
 pub mod openapi;
+pub mod points;
 pub mod resources;
 pub mod scope;
 pub mod updates;
@@ -66,6 +67,8 @@ pub struct ApiState {
     pub pushes: Option<crate::config_push::ConfigPushes>,
     /// Update bundles and orders, when central has an MQTT client to send orders with.
     pub updates: Option<crate::updates::Updates>,
+    /// The gateways' point catalogues (central's process shares ingest's, see [`crate::ingest::Core`]).
+    pub catalogues: crate::catalogue::Catalogues,
     /// Limits and cookie settings.
     pub settings: Arc<ApiConfig>,
     /// When this process started, UTC ms.
@@ -87,6 +90,7 @@ impl ApiState {
         let identity = Identity::open(pool.clone(), auth).await?;
         let calls = calllog::CallLog::start(pool, settings.call_log_queue).await?;
         let registry = Registry::open(data_dir).await?;
+        let catalogues = crate::catalogue::Catalogues::open(&registry).await?;
         let alarm_reads = match &alarms {
             Some(e) => Some(alarms::AlarmReads::of(e).await),
             None => None,
@@ -106,6 +110,7 @@ impl ApiState {
             gateways: resources::GatewayStatus::default(),
             pushes: None,
             updates: None,
+            catalogues,
             settings: Arc::new(settings),
             started_ms: crate::ingest::now_ms(),
         })
@@ -207,6 +212,7 @@ pub fn router(state: ApiState) -> Router {
         .merge(calllog::routes())
         .merge(resources::routes())
         .merge(history::routes())
+        .merge(points::routes())
         .merge(alarms::routes())
         .merge(evidence::routes())
         .merge(enrolments::routes())
@@ -275,7 +281,14 @@ async fn limits(
     next: axum::middleware::Next,
 ) -> Response {
     let upload = req.method() == axum::http::Method::POST && req.uri().path() == crate::updates::UPLOAD_PATH;
-    let max_body = if upload { crate::updates::MAX_BUNDLE as usize } else { st.settings.max_body_bytes };
+    let catalogue = req.method() == axum::http::Method::PUT && req.uri().path().ends_with("/catalogue");
+    let max_body = if upload {
+        crate::updates::MAX_BUNDLE as usize
+    } else if catalogue {
+        points::MAX_CATALOGUE_BODY.max(st.settings.max_body_bytes)
+    } else {
+        st.settings.max_body_bytes
+    };
     let declared =
         req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|n| n > max_body) {

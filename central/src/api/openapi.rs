@@ -317,10 +317,28 @@ pub const OPERATIONS: &[Operation] = &[
         op(
             "get",
             "/api/v1/points",
-            "history",
-            "Stored points with metadata",
+            "points",
+            "Configured and stored points with unit, range, device and alarm limits",
             Access::Roles(READ_DATA),
             (200, "PointPage"),
+        ),
+        &[
+            ("gateway", "string", false),
+            ("enterprise", "string", false),
+            ("device", "string", false),
+            ("q", "string", false),
+            ("limit", "integer", false),
+            ("cursor", "string", false),
+        ],
+    ),
+    with_query(
+        op(
+            "get",
+            "/api/v1/devices",
+            "points",
+            "Devices of the gateways' catalogues, with protocol, address and point count",
+            Access::Roles(READ_DATA),
+            (200, "DevicePage"),
         ),
         &[
             ("gateway", "string", false),
@@ -328,6 +346,25 @@ pub const OPERATIONS: &[Operation] = &[
             ("limit", "integer", false),
             ("cursor", "string", false),
         ],
+    ),
+    op(
+        "get",
+        "/api/v1/gateways/{id}/catalogue",
+        "points",
+        "The gateway's point catalogue (signed by it, or imported) and whether it matches what it runs",
+        Access::Roles(READ_DATA),
+        (200, "StoredCatalogue"),
+    ),
+    with_body(
+        op(
+            "put",
+            "/api/v1/gateways/{id}/catalogue",
+            "points",
+            "Import a `vigil-edge catalogue` document for a gateway that has not reported its own (409 once it has)",
+            Access::Roles(configs::CONFIGURE),
+            (201, "StoredCatalogue"),
+        ),
+        "CatalogueDocument",
     ),
     with_query(
         op(
@@ -556,11 +593,6 @@ fn schemas() -> Value {
             "items": { "type": "array", "items": { "$ref": "#/components/schemas/ConfigPush" } } } },
         "ConfigPushDocument": { "allOf": [ { "$ref": "#/components/schemas/ConfigPush" },
             { "type": "object", "required": ["toml"], "properties": { "toml": { "type": "string" } } } ] },
-        "Point": { "type": "object", "required": ["key", "gateway", "point"], "properties": {
-            "key": { "type": "string" }, "gateway": { "type": "string" }, "point": { "type": "string" },
-            "enterprise": { "type": ["string", "null"] }, "unit": { "type": ["string", "null"] },
-            "limits": { "type": ["object", "null"] } } },
-        "PointPage": page("Point"),
         "Sample": { "type": "object", "properties": { "ts_ms": ms, "value": {}, "quality": { "type": "integer" } } },
         "Latest": { "type": "object", "properties": { "points": { "type": "array", "items": { "type": "object", "properties": {
             "point": { "type": "string" }, "sample": { "oneOf": [{ "$ref": "#/components/schemas/Sample" }, { "type": "null" }] } } } } } },
@@ -577,7 +609,54 @@ fn schemas() -> Value {
     if let (Some(all), Value::Object(more)) = (all.as_object_mut(), update_schemas()) {
         all.extend(more);
     }
+    if let (Some(all), Value::Object(more)) = (all.as_object_mut(), point_schemas()) {
+        all.extend(more);
+    }
     all
+}
+
+/// The point, device and catalogue components.
+fn point_schemas() -> Value {
+    let text = json!({ "type": "string" });
+    let opt_text = json!({ "type": ["string", "null"] });
+    let range = json!({ "type": ["array", "null"], "items": { "type": "number" }, "minItems": 2, "maxItems": 2 });
+    let page = |item: &str| {
+        json!({ "type": "object", "required": ["items", "next_cursor"], "properties": {
+            "items": { "type": "array", "items": { "$ref": format!("#/components/schemas/{item}") } },
+            "next_cursor": { "type": ["string", "null"] } } })
+    };
+    json!({
+        "Point": { "type": "object", "required": ["key", "gateway", "point", "configured", "stored"], "properties": {
+            "key": text, "gateway": text, "point": text, "enterprise": opt_text, "device": opt_text,
+            "unit": opt_text, "range": range, "poll_ms": { "type": ["integer", "null"] }, "address": opt_text,
+            "limits": { "type": ["object", "null"] },
+            "configured": { "type": "boolean", "description": "listed in the gateway's catalogue" },
+            "stored": { "type": "boolean", "description": "central holds history for it" } } },
+        "PointPage": page("Point"),
+        "Device": { "type": "object", "required": ["key", "gateway", "name", "protocol", "address", "points", "source"], "properties": {
+            "key": text, "gateway": text, "enterprise": opt_text, "name": text,
+            "protocol": { "type": "string", "enum": ["modbus_tcp", "modbus_rtu", "opcua", "derived"] },
+            "address": text, "profile": opt_text, "points": { "type": "integer" },
+            "source": { "type": "string", "enum": ["gateway", "import"] } } },
+        "DevicePage": page("Device"),
+        "CatalogueDocument": { "type": "object", "required": ["gateway", "ts_ms", "config_sha256", "devices", "points"],
+            "additionalProperties": false, "properties": {
+            "gateway": text, "ts_ms": { "type": "integer" },
+            "config_sha256": { "type": "string", "description": "SHA-256 of the configuration file, 64 hex digits" },
+            "devices": { "type": "array", "items": { "type": "object", "required": ["name", "protocol", "address"],
+                "additionalProperties": false, "properties": { "name": text,
+                "protocol": { "type": "string", "enum": ["modbus_tcp", "modbus_rtu", "opcua", "derived"] },
+                "address": text, "profile": opt_text } } },
+            "points": { "type": "array", "items": { "type": "object", "required": ["id", "device"],
+                "additionalProperties": false, "properties": { "id": text, "device": text, "unit": text, "range": range,
+                "poll_ms": { "type": "integer", "minimum": 0 }, "deadband": { "type": "number", "minimum": 0 },
+                "address": text } } } } },
+        "StoredCatalogue": { "type": "object", "required": ["gateway", "source", "received_ms", "document"], "properties": {
+            "gateway": text, "source": { "type": "string", "enum": ["gateway", "import"] },
+            "received_ms": { "type": "integer" }, "imported_by": opt_text,
+            "current": { "type": ["boolean", "null"], "description": "describes the configuration the gateway reported running" },
+            "document": { "$ref": "#/components/schemas/CatalogueDocument" } } },
+    })
 }
 
 /// The update components.

@@ -25,7 +25,7 @@ impl Identity {
             Identity::Central => {
                 Topic::parse(topic).is_ok_and(|t| matches!(t.channel, Channel::DownAck | Channel::DownCmd))
             }
-            Identity::Gateway { enterprise, id } => [Channel::UpBatch, Channel::UpState]
+            Identity::Gateway { enterprise, id } => [Channel::UpBatch, Channel::UpState, Channel::UpCatalogue]
                 .into_iter()
                 .any(|c| Topic::new(enterprise.clone(), id.clone(), c).to_string() == topic),
         }

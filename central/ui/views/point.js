@@ -44,26 +44,32 @@ export function qualityOf(code) {
 
 /** A point's metadata from GET /points, tolerant of the shapes before and after the resource API. */
 function meta(p) {
-  if (typeof p === 'string') return { key: p, enterprise: '', unit: '', limits: {} };
+  if (typeof p === 'string') return { key: p, enterprise: '', unit: '', device: '', range: null, address: '', configured: false, limits: {} };
   const lim = p.limits || p;
   return {
     key: p.key || p.point || p.id,
     enterprise: p.enterprise || '',
     unit: p.unit || '',
+    device: p.device || '',
+    range: Array.isArray(p.range) ? p.range : null,
+    address: p.address || '',
+    configured: !!p.configured,
     name: p.name || '',
     limits: { hh: lim.hh ?? null, h: lim.h ?? null, l: lim.l ?? null, ll: lim.ll ?? null },
   };
 }
 
-async function points() {
-  const r = await get('/points', { limit: 1000 });
+/** Points matching `q` (server-side search over every point, not only the first page). */
+async function points(q, gateway) {
+  const r = await get('/points', { limit: 1000, ...(q ? { q } : {}), ...(gateway ? { gateway } : {}) });
   return (r.items || r.points || []).map(meta).filter((p) => p.key);
 }
 
 export async function render(main, key) {
   if (!key) return pickList(main);
-  const all = await points().catch(() => []);
-  const m = all.find((p) => p.key === key) || meta(key);
+  const slash = key.indexOf('/');
+  const found = slash > 0 ? await points(key.slice(slash + 1), key.slice(0, slash)).catch(() => []) : [];
+  const m = found.find((p) => p.key === key) || meta(key);
   const valueEl = h('div', { class: 'live-value', id: 'live-value' });
   const chartEl = h('div', { class: 'chart', id: 'trend' });
   const infoEl = h('div', { class: 'trend-info', id: 'trend-info' });
@@ -79,6 +85,12 @@ export async function render(main, key) {
       h('a', { href: '#/point', class: 'back' }, `← ${t('pt.all')}`),
       h('h1', {}, key), m.name ? h('span', { class: 'pt-name' }, m.name) : null,
       m.enterprise ? h('span', { class: 'tag' }, m.enterprise) : null),
+    m.configured
+      ? h('dl', { class: 'facts point-facts', id: 'point-facts' },
+        m.device ? [h('dt', {}, t('pt.device')), h('dd', {}, m.device)] : null,
+        m.range ? [h('dt', {}, t('pt.range')), h('dd', {}, `${fmtNum(m.range[0])} … ${fmtNum(m.range[1])} ${m.unit}`)] : null,
+        m.address ? [h('dt', {}, t('pt.read_at')), h('dd', {}, m.address)] : null)
+      : h('p', { class: 'empty', id: 'point-facts' }, t('pt.no_catalogue')),
     h('div', { class: 'point-top' },
       h('section', { class: 'card' }, h('h2', {}, t('pt.live')), valueEl),
       h('section', { class: 'card' }, h('h2', {}, t('pt.limits')),
@@ -234,18 +246,22 @@ async function pickList(main) {
   const search = h('input', { type: 'search', id: 'point-search', placeholder: t('f.search') });
   fill(main, h('div', { class: 'points-page' }, h('div', { class: 'filters' }, h('h1', {}, t('nav.points')), search),
     h('div', { class: 'table-wrap' }, h('table', {},
-      h('thead', {}, h('tr', {}, ['point', 'enterprise', 'unit', 'limits'].map((c) => h('th', {}, t(`col.${c}`))))), list))));
-  let all = [];
-  try { all = await points(); } catch (e) { fill(list, h('tr', {}, h('td', { colspan: 4, class: 'error' }, e.message))); return; }
-  function draw() {
-    const q = search.value.trim().toLowerCase();
-    const rows = all.filter((p) => !q || p.key.toLowerCase().includes(q) || p.enterprise.toLowerCase().includes(q) || p.name.toLowerCase().includes(q)).slice(0, 500);
+      h('thead', {}, h('tr', {}, ['point', 'device', 'enterprise', 'unit', 'limits'].map((c) => h('th', {}, t(`col.${c}`))))), list))));
+  let gen = 0;
+  async function draw() {
+    const q = search.value.trim();
+    const mine = ++gen;
+    let rows;
+    try { rows = await points(q); } catch (e) { fill(list, h('tr', {}, h('td', { colspan: 5, class: 'error' }, e.message))); return; }
+    if (mine !== gen) return;
+    rows = rows.slice(0, 500);
     fill(list, rows.length ? rows.map((p) => h('tr', {},
-      h('td', {}, h('a', { href: `#/point/${p.key}` }, p.key)), h('td', {}, p.enterprise), h('td', {}, p.unit),
+      h('td', {}, h('a', { href: `#/point/${p.key}` }, p.key)), h('td', {}, p.device), h('td', {}, p.enterprise), h('td', {}, p.unit),
       h('td', { class: 'num' }, ['ll', 'l', 'h', 'hh'].filter((k) => typeof p.limits[k] === 'number').map((k) => `${k.toUpperCase()} ${fmtNum(p.limits[k])}`).join('  '))))
-      : h('tr', {}, h('td', { colspan: 4, class: 'empty' }, t('pt.none'))));
+      : h('tr', {}, h('td', { colspan: 5, class: 'empty' }, t('pt.none'))));
   }
-  search.addEventListener('input', draw);
-  draw();
-  return null;
+  let timer = null;
+  search.addEventListener('input', () => { clearTimeout(timer); timer = setTimeout(draw, 200); });
+  await draw();
+  return () => clearTimeout(timer);
 }

@@ -39,6 +39,9 @@ pub const POINTS: [&str; 5] = [
     "gateway.spool_dropped_batches",
 ];
 
+/// The engineering unit of each of [`POINTS`], in order.
+pub const UNITS: [&str; 5] = ["", "s", "", "B", ""];
+
 /// Reports health every interval until `shutdown` or until the channel closes.
 pub async fn run<S: Spool>(
     config: SystemConfig,

@@ -481,6 +481,8 @@ impl Board {
                 ("commands", &u.commands),
                 ("commands_rejected", &u.commands_rejected),
                 ("watchdog_rebuilds", &u.watchdog_rebuilds),
+                ("catalogues_published", &u.catalogues_published),
+                ("catalogue_errors", &u.catalogue_errors),
             ] {
                 out.push((format!("vigil_edge_uplink_{n}_total"), "uplink counter", v.load(Ordering::Relaxed) as f64));
             }

@@ -183,6 +183,10 @@ pub struct UplinkMetrics {
     pub commands_rejected: AtomicU64,
     /// Times the watchdog rebuilt a stuck MQTT client.
     pub watchdog_rebuilds: AtomicU64,
+    /// Point catalogues handed to the MQTT client (one per connection).
+    pub catalogues_published: AtomicU64,
+    /// Point catalogues that could not be sealed (too large, invalid) and so were not sent.
+    pub catalogue_errors: AtomicU64,
 }
 
 /// Everything the uplink needs.
@@ -200,11 +204,13 @@ pub struct Uplink<S: Spool> {
     heartbeat: Option<vigil_hw::Heartbeat>,
     pushes: Option<(Arc<ConfigPush>, Arc<Plant>)>,
     updates: Arc<crate::update::remote::Remote>,
+    catalogue: Option<vigil_common::PointCatalogue>,
 }
 
 struct Topics {
     batch: String,
     state: String,
+    catalogue: String,
     ack: String,
     cmd: String,
 }
@@ -264,6 +270,7 @@ impl<S: Spool + 'static> Uplink<S> {
         let topics = Topics {
             batch: topic(Channel::UpBatch),
             state: topic(Channel::UpState),
+            catalogue: topic(Channel::UpCatalogue),
             ack: topic(Channel::DownAck),
             cmd: topic(Channel::DownCmd),
         };
@@ -281,7 +288,14 @@ impl<S: Spool + 'static> Uplink<S> {
             heartbeat: None,
             pushes: None,
             updates: crate::update::remote::Remote::new(),
+            catalogue: None,
         })
+    }
+
+    /// Publishes `catalogue` (retained, on `up/catalogue`) after every connect, so central knows the
+    /// devices and points of the configuration this agent runs.
+    pub fn set_catalogue(&mut self, catalogue: vigil_common::PointCatalogue) {
+        self.catalogue = Some(catalogue);
     }
 
     /// Accepts configuration pushes from central into `store`, validated against `running`.
@@ -427,6 +441,7 @@ impl<S: Spool + 'static> Uplink<S> {
                     return;
                 }
                 self.online.store(true, Ordering::Relaxed);
+                self.publish_catalogue(client);
                 self.pump(client, st);
             }
             Event::Incoming(Packet::Publish(p)) if p.topic == self.topics.ack => {
@@ -437,6 +452,25 @@ impl<S: Spool + 'static> Uplink<S> {
                 self.on_command(&p.payload, client, st)
             }
             _ => {}
+        }
+    }
+
+    fn publish_catalogue(&self, client: &AsyncClient) {
+        let Some(catalogue) = &self.catalogue else { return };
+        match catalogue.seal(&self.key) {
+            Ok(sealed) => match client.try_publish(&self.topics.catalogue, QoS::AtLeastOnce, true, sealed) {
+                Ok(()) => {
+                    self.metrics.catalogues_published.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    self.metrics.catalogue_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(error = %e, "could not queue the point catalogue; it goes with the next connect");
+                }
+            },
+            Err(e) => {
+                self.metrics.catalogue_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, "the point catalogue cannot be sent; central will list no units or ranges for this gateway");
+            }
         }
     }
 
