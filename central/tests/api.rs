@@ -373,7 +373,14 @@ async fn role_matrix_over_every_documented_operation() {
             Access::Public => assert!(anonymous.status < 300, "{method} {path} is public: {}", anonymous.status),
             _ => assert_eq!(anonymous.status, 401, "{method} {path} without a token"),
         }
-        for (role, token) in &tokens {
+        for (i, (role, token)) in tokens.iter().enumerate() {
+            // A key registers once: each role that may add one brings its own.
+            let body = if o.path == "/api/v1/gateways/{id}/keys" {
+                let key = SigningKey::from_seed(&[100 + i as u8; 32]).public_key().to_text();
+                Some(serde_json::json!({ "public_key": key }).to_string())
+            } else {
+                body.clone()
+            };
             let a = request(api.port, &method, &path, Some(token), &[], body.as_deref()).await;
             let allowed = match o.access {
                 Access::Public | Access::Authenticated => true,
@@ -471,6 +478,78 @@ async fn an_enterprise_user_sees_nothing_of_other_enterprises_whatever_the_url()
         request(api.port, "PUT", "/api/v1/gateways/gw-a/catalogue", Some(&tom), &[], Some(&catalogue_doc("gw-a", "m")))
             .await;
     assert_eq!(a.status, 404, "{}", a.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_keys_rotate_and_revoke_through_the_api_and_are_audited() {
+    let api = start(AuthConfig::default()).await;
+    api.user("tess", Role::FieldTechnician, Some(&["ent-a"])).await;
+    api.user("tom", Role::FieldTechnician, Some(&["ent-b"])).await;
+    api.user("ada", Role::ParkAdmin, None).await;
+    api.user("aud", Role::Auditor, None).await;
+    let (tess, tom) = (login(api.port, "tess", PASSWORD).await, login(api.port, "tom", PASSWORD).await);
+    let (ada, aud) = (login(api.port, "ada", PASSWORD).await, login(api.port, "aud", PASSWORD).await);
+    let old = SigningKey::from_seed(&[1; 32]).public_key();
+    let new = SigningKey::from_seed(&[42; 32]).public_key();
+    let body = serde_json::json!({ "public_key": new.to_text() }).to_string();
+    let post = |path: &'static str, token: String, body: Option<String>| async move {
+        request(api.port, "POST", path, Some(&token), &[], body.as_deref()).await
+    };
+
+    // Another enterprise's technician does not even see the gateway; garbage keys are named.
+    let a = post("/api/v1/gateways/gw-a/keys", tom.clone(), Some(body.clone())).await;
+    assert_eq!(a.status, 404, "{}", a.body);
+    let a = post("/api/v1/gateways/gw-a/keys", tess.clone(), Some(r#"{"public_key":"ed25519:abc"}"#.into())).await;
+    assert!(a.status == 400 && a.body.contains("public_key"), "{} {}", a.status, a.body);
+    // Rotation: the new key is registered beside the old one, both usable.
+    let a = post("/api/v1/gateways/gw-a/keys", tess.clone(), Some(body.clone())).await;
+    assert_eq!(a.status, 201, "{}", a.body);
+    assert_eq!(a.json()["keys"].as_array().unwrap().len(), 2);
+    let a = post("/api/v1/gateways/gw-a/keys", tess.clone(), Some(body)).await;
+    assert_eq!(a.status, 409, "a key registers once: {}", a.body);
+    let keys = api.state.registry.load_keys().await.unwrap();
+    let gw_a = &keys[&GatewayId::new("gw-a").unwrap()];
+    let now = vigil_central::ingest::now_ms();
+    assert!(gw_a.usable(old.key_id(), now).is_some() && gw_a.usable(new.key_id(), now).is_some());
+
+    // Once the spool drained, the old key is revoked: ingest refuses what it signs from then on.
+    let path = format!("/api/v1/gateways/gw-a/keys/{}", old.key_id());
+    let a = request(api.port, "DELETE", &path, Some(&tess), &[], None).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let a = request(api.port, "DELETE", &path, Some(&tess), &[], None).await;
+    assert_eq!(a.status, 409, "revoked already: {}", a.body);
+    let keys = api.state.registry.load_keys().await.unwrap();
+    let gw_a = &keys[&GatewayId::new("gw-a").unwrap()];
+    let later = vigil_central::ingest::now_ms() + 1;
+    assert!(gw_a.usable(old.key_id(), later).is_none() && gw_a.usable(new.key_id(), later).is_some());
+
+    // Revoking the whole gateway is the park administrator's alone.
+    let a = post("/api/v1/gateways/gw-a/revoke", tess, None).await;
+    assert_eq!(a.status, 403, "{}", a.body);
+    let a = post("/api/v1/gateways/gw-a/revoke", ada, None).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert!(a.json()["keys"].as_array().unwrap().iter().all(|k| k["revoked_ms"].is_i64()), "{}", a.body);
+
+    let audit = api.get("/api/v1/audit?source=security&limit=1000", &aud).await.json();
+    let entries: Vec<(String, String, String)> = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["action"].as_str().unwrap().starts_with("gateway_"))
+        .map(|r| {
+            (
+                r["actor"].as_str().unwrap().into(),
+                r["action"].as_str().unwrap().into(),
+                r["target"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    let expect = |a: &str, b: &str| (a.to_owned(), b.to_owned(), "gw-a".to_owned());
+    assert_eq!(
+        entries,
+        [expect("ada", "gateway_revoked"), expect("tess", "gateway_key_revoked"), expect("tess", "gateway_key_added")],
+        "newest first"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,6 +9,7 @@ pub mod configs;
 pub mod enrolments;
 pub mod evidence;
 pub mod history;
+pub mod keys;
 pub mod openapi;
 pub mod points;
 pub mod resources;
@@ -213,6 +214,7 @@ pub fn router(state: ApiState) -> Router {
         .merge(resources::routes())
         .merge(history::routes())
         .merge(points::routes())
+        .merge(keys::routes())
         .merge(alarms::routes())
         .merge(evidence::routes())
         .merge(enrolments::routes())

@@ -8,7 +8,7 @@ use axum::routing::get;
 use serde_json::{Value, json};
 
 use super::auth::{MANAGE_USERS, READ_DATA, READ_LOGS, Role};
-use super::{ApiState, alarms, configs, enrolments, updates};
+use super::{ApiState, alarms, configs, enrolments, keys, updates};
 
 /// Who may call an operation.
 #[derive(Debug, Clone, Copy)]
@@ -191,6 +191,33 @@ pub const OPERATIONS: &[Operation] = &[
         &[("enterprise", "string", false), ("limit", "integer", false), ("cursor", "string", false)],
     ),
     op("get", "/api/v1/gateways/{id}", "resources", "One gateway", Access::Roles(READ_DATA), (200, "Gateway")),
+    with_body(
+        op(
+            "post",
+            "/api/v1/gateways/{id}/keys",
+            "resources",
+            "Register another signing key of the gateway (rotation; the old one stays valid until revoked)",
+            Access::Roles(keys::MANAGE_KEYS),
+            (201, "GatewayKeys"),
+        ),
+        "NewGatewayKey",
+    ),
+    op(
+        "delete",
+        "/api/v1/gateways/{id}/keys/{key_id}",
+        "resources",
+        "Revoke one key of the gateway: its batches are refused from the next registry reload on",
+        Access::Roles(keys::MANAGE_KEYS),
+        (200, "GatewayKeys"),
+    ),
+    op(
+        "post",
+        "/api/v1/gateways/{id}/revoke",
+        "resources",
+        "Revoke every key of the gateway (theft, decommissioning); the broker disconnects it",
+        Access::Roles(keys::REVOKE_GATEWAY),
+        (200, "GatewayKeys"),
+    ),
     with_body(
         op(
             "post",
@@ -639,6 +666,12 @@ fn point_schemas() -> Value {
             "address": text, "profile": opt_text, "points": { "type": "integer" },
             "source": { "type": "string", "enum": ["gateway", "import"] } } },
         "DevicePage": page("Device"),
+        "NewGatewayKey": { "type": "object", "required": ["public_key"], "additionalProperties": false, "properties": {
+            "public_key": { "type": "string", "description": "ed25519:<64 hex digits>, as vigil-edge keygen prints it" } } },
+        "GatewayKeys": { "type": "object", "required": ["gateway", "keys"], "properties": { "gateway": text,
+            "keys": { "type": "array", "items": { "type": "object", "properties": { "key_id": text, "public_key": text,
+                "valid_from_ms": { "type": "integer" }, "valid_until_ms": { "type": ["integer", "null"] },
+                "revoked_ms": { "type": ["integer", "null"] } } } } } },
         "CatalogueDocument": { "type": "object", "required": ["gateway", "ts_ms", "config_sha256", "devices", "points"],
             "additionalProperties": false, "properties": {
             "gateway": text, "ts_ms": { "type": "integer" },

@@ -577,6 +577,20 @@ impl Identity {
         Ok(())
     }
 
+    /// Writes a security audit entry for an action taken outside identity (gateway keys revoked or
+    /// added through the API), so auditors find every security-relevant change in one log.
+    pub async fn record_security(
+        &self,
+        actor: &str,
+        client: &str,
+        action: &str,
+        target: &str,
+        detail: serde_json::Value,
+        now_ms: i64,
+    ) -> Result<(), IdentityError> {
+        self.audit(&self.pool, &At { now_ms, actor, client }, action, target, detail).await
+    }
+
     /// How many users exist.
     pub async fn user_count(&self) -> Result<i64, IdentityError> {
         Ok(sqlx::query_scalar("SELECT COUNT(*) FROM users").fetch_one(&self.pool).await?)
