@@ -17,11 +17,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures_util::StreamExt as _;
 use rumqttc::{AsyncClient, QoS};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use sha2::{Digest, Sha256};
 use sqlx::SqlitePool;
 use tokio::io::AsyncWriteExt as _;
 use tokio::sync::broadcast;
+use vigil_common::bundle::{self, BundleHeader, HEAD_LEN, HeaderError};
 use vigil_common::{Channel, Command, CommandAction, EnterpriseId, GatewayId, GatewayState, SigningKey, Topic};
 
 use crate::ingest::now_ms;
@@ -65,8 +66,8 @@ const SCHEMA: &[&str] = &[
     )",
 ];
 
-/// Largest bundle accepted (the gateway's own limit, `edge/src/update/bundle.rs`).
-pub const MAX_BUNDLE: u64 = 256 * 1024 * 1024;
+/// Largest bundle accepted (the gateway's own limit).
+pub const MAX_BUNDLE: u64 = bundle::MAX_BUNDLE;
 /// The upload route (its body limit is [`MAX_BUNDLE`], not `api.max_body_bytes`).
 pub const UPLOAD_PATH: &str = "/api/v1/updates";
 /// The download route; the token in [`TOKEN_HEADER`] names the order and so the bundle.
@@ -83,25 +84,6 @@ pub const MAX_TOKEN_USES: i64 = 8;
 const COMMAND_TTL_MS: i64 = 10 * 60 * 1000;
 /// An unanswered order is sent again on a gateway state at most this often.
 const RESEND_AFTER_MS: i64 = 10_000;
-
-// The bundle format (`edge/src/update/bundle.rs`, format 1): "VIGILUPD" | format u8 | header
-// length u32 LE | header JSON | binary | config | Ed25519 signature [64].
-const MAGIC: &[u8; 8] = b"VIGILUPD";
-const FORMAT: u8 = 1;
-const PREFIX: usize = 13;
-const MAX_HEADER: usize = 16 * 1024;
-const SIGNATURE: u64 = 64;
-
-/// What a bundle's header says (the fields central shows and orders with).
-#[derive(Debug, Clone, Deserialize)]
-struct Header {
-    version: String,
-    target: String,
-    binary_len: u64,
-    config_len: u64,
-    created_ms: i64,
-    key_id: String,
-}
 
 /// One stored bundle as the API shows it.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -332,7 +314,7 @@ impl Updates {
                 if total > MAX_BUNDLE {
                     return Err(UpdateRefused::TooLarge);
                 }
-                let room = (PREFIX + MAX_HEADER).saturating_sub(head.len());
+                let room = HEAD_LEN.saturating_sub(head.len());
                 head.extend_from_slice(&chunk[..room.min(chunk.len())]);
                 hasher.update(&chunk);
                 file.write_all(&chunk).await.map_err(io)?;
@@ -696,63 +678,14 @@ fn body_error(e: &axum::Error) -> UpdateRefused {
     UpdateRefused::Invalid(format!("the upload broke off: {e}"))
 }
 
-/// Checks a bundle's fixed prefix and header (`head`: its first bytes) against its length `total`.
-fn parse_header(head: &[u8], total: u64) -> Result<Header, UpdateRefused> {
-    let bad = |why: String| UpdateRefused::Invalid(why);
-    if total < (PREFIX as u64) + SIGNATURE {
-        if head.len() >= MAGIC.len() && &head[..MAGIC.len()] != MAGIC {
-            return Err(bad(
-                "not an update bundle: bad magic (expected a file made by `vigil-edge update pack`)".into()
-            ));
-        }
-        return Err(bad(format!("not an update bundle: {total} bytes is too short")));
-    }
-    if &head[..MAGIC.len()] != MAGIC {
-        return Err(bad("not an update bundle: bad magic (expected a file made by `vigil-edge update pack`)".into()));
-    }
-    if head[MAGIC.len()] != FORMAT {
-        return Err(bad(format!("unsupported bundle format {} (central reads format {FORMAT})", head[MAGIC.len()])));
-    }
-    let mut hl = [0u8; 4];
-    hl.copy_from_slice(&head[MAGIC.len() + 1..PREFIX]);
-    let header_len = u32::from_le_bytes(hl) as usize;
-    if header_len == 0 || header_len > MAX_HEADER {
-        return Err(bad(format!("bundle header: length {header_len} is outside 1..={MAX_HEADER}")));
-    }
-    let Some(bytes) = head.get(PREFIX..PREFIX + header_len) else {
-        return Err(bad(format!(
-            "bundle is truncated: its header alone needs {} bytes, the file has {total}",
-            PREFIX + header_len
-        )));
-    };
-    let header: Header = serde_json::from_slice(bytes).map_err(|e| bad(format!("bundle header: {e}")))?;
-    let expected = ((PREFIX + header_len) as u64)
-        .checked_add(header.binary_len)
-        .and_then(|n| n.checked_add(header.config_len))
-        .and_then(|n| n.checked_add(SIGNATURE))
-        .ok_or_else(|| bad("bundle header: lengths overflow".into()))?;
-    if total < expected {
-        return Err(bad(format!("bundle is truncated: its header promises {expected} bytes, the file has {total}")));
-    }
-    if total > expected {
-        return Err(bad(format!(
-            "bundle has {} unexpected bytes after its signature ({total} bytes, {expected} expected)",
-            total - expected
-        )));
-    }
-    let ok_version = !header.version.is_empty()
-        && header.version.len() <= 64
-        && !header.version.starts_with('.')
-        && header.version.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '+' | '-'));
-    if !ok_version {
-        return Err(bad(format!("bundle version {:?} is not 1..=64 characters of [A-Za-z0-9._+-]", header.version)));
-    }
-    let ok_target = !header.target.is_empty()
-        && header.target.len() <= 64
-        && header.target.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
-    if !ok_target {
-        return Err(bad(format!("bundle target {:?} is not a target triple", header.target)));
-    }
+/// Checks a bundle's framing (`head`: its first bytes, [`HEAD_LEN`] of them at most needed) against
+/// its length `total`, and that its version and target are names central can list and order by.
+/// The release signature is left to the gateways, which hold the release keys.
+fn parse_header(head: &[u8], total: u64) -> Result<BundleHeader, UpdateRefused> {
+    let bad = |e: HeaderError| UpdateRefused::Invalid(e.to_string());
+    let header = bundle::parse_header(head, total).map_err(bad)?.header;
+    bundle::check_version(&header.version).map_err(bad)?;
+    bundle::check_target(&header.target).map_err(bad)?;
     Ok(header)
 }
 
@@ -760,6 +693,7 @@ fn parse_header(head: &[u8], total: u64) -> Result<Header, UpdateRefused> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use vigil_common::bundle::{FORMAT, MAGIC};
 
     fn bundle(header: &str, body: usize) -> Vec<u8> {
         let mut b = MAGIC.to_vec();

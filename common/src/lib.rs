@@ -1,9 +1,11 @@
 //! The contract between Vigil's edge agent and its central aggregator: point identity, samples and
-//! events, the compressed and signed batch, acknowledgements, and MQTT topic names. Anything that
-//! crosses the wire is defined here and nowhere else; `docs/PROTOCOL.md` specifies it byte by byte.
+//! events, the compressed and signed batch, acknowledgements, MQTT topic names, and the update
+//! bundle's framing. Anything that crosses the wire is defined here and nowhere else;
+//! `docs/PROTOCOL.md` specifies it byte by byte.
 
 pub mod ack;
 pub mod batch;
+pub mod bundle;
 pub mod catalogue;
 pub mod codec;
 pub mod command;

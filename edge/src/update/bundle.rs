@@ -7,41 +7,18 @@
 //! a verifier hashes the file once and never needs a second copy of a large binary. The header says
 //! how long the binary and config are, so a truncated or padded file is refused by its length
 //! alone, before the signature is even checked.
+//!
+//! The framing (magic, format, header, lengths) is [`vigil_common::bundle`], which central reads
+//! too; this module adds what needs the release keys: packing, and verifying the signature.
 
-use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
-use vigil_common::envelope::ED25519_SIGNATURE_LEN;
+use vigil_common::bundle::{PREFIX, SIGNATURE_LEN, check_version, parse_header};
 use vigil_common::{PublicKey, SigningKey};
 
-/// Magic bytes at the start of every bundle.
-pub const MAGIC: [u8; 8] = *b"VIGILUPD";
-/// The bundle format this code writes and reads.
-pub const FORMAT: u8 = 1;
+pub use vigil_common::bundle::{BundleHeader, FORMAT, HeaderError, MAGIC, MAX_BUNDLE, MAX_HEADER};
+
 /// Domain-separation prefix of the signature: a bundle signature can never pass as an envelope's.
 pub const DOMAIN: &[u8] = b"vigil/v1 update bundle\0";
-/// Largest header accepted, bytes.
-pub const MAX_HEADER: usize = 16 * 1024;
-/// Largest bundle accepted, bytes (an agent binary is a few MiB; this leaves room and bounds memory).
-pub const MAX_BUNDLE: u64 = 256 * 1024 * 1024;
-/// Bytes before the header.
-const PREFIX: usize = MAGIC.len() + 1 + 4;
-
-/// What the header of a bundle says about its contents (all of it covered by the signature).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BundleHeader {
-    /// The agent version the bundle installs.
-    pub version: String,
-    /// The Rust target triple the binary was built for (`aarch64-unknown-linux-gnu` ...).
-    pub target: String,
-    /// Length of the binary, bytes.
-    pub binary_len: u64,
-    /// Length of the configuration file, bytes (0: none).
-    pub config_len: u64,
-    /// When it was packed, UTC ms.
-    pub created_ms: i64,
-    /// Key id (hex) of the release key that signed it.
-    pub key_id: String,
-}
 
 /// A verified bundle.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,47 +36,9 @@ pub struct Bundle {
 /// Why a bundle was refused. Each message names what is wrong, for the technician holding the stick.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BundleError {
-    /// Shorter than the fixed prefix and a signature.
-    #[error("not an update bundle: {len} bytes is too short")]
-    TooShort {
-        /// Its length.
-        len: u64,
-    },
-    /// Larger than any bundle this agent accepts.
-    #[error("bundle of {len} bytes is larger than the {max} bytes accepted")]
-    TooLarge {
-        /// Its length.
-        len: u64,
-        /// The limit.
-        max: u64,
-    },
-    /// Does not start with the magic bytes.
-    #[error("not an update bundle (bad magic; expected a file made by `vigil-edge update pack`)")]
-    BadMagic,
-    /// A format this agent does not know.
-    #[error("unsupported bundle format {0} (this agent reads format {FORMAT})")]
-    UnsupportedFormat(u8),
-    /// The header is missing, too large or not the expected JSON.
-    #[error("bundle header: {0}")]
-    BadHeader(String),
-    /// The file is shorter than its header says: cut off while copying.
-    #[error("bundle is truncated: its header promises {expected} bytes, the file has {actual}")]
-    Truncated {
-        /// Length the header implies.
-        expected: u64,
-        /// Actual length.
-        actual: u64,
-    },
-    /// The file is longer than its header says.
-    #[error("bundle has {extra} unexpected bytes after its signature ({actual} bytes, {expected} expected)")]
-    Trailing {
-        /// Length the header implies.
-        expected: u64,
-        /// Actual length.
-        actual: u64,
-        /// The difference.
-        extra: u64,
-    },
+    /// Its framing: size, magic, format, header, length, version (shared with central).
+    #[error(transparent)]
+    Header(#[from] HeaderError),
     /// The gateway trusts no release key at all.
     #[error("no trusted release keys configured ([update] release_keys or the release keys file)")]
     NoTrustedKeys,
@@ -123,9 +62,6 @@ pub enum BundleError {
         /// The running agent's target.
         running: String,
     },
-    /// A version string that cannot name a directory safely.
-    #[error("bundle version {0:?} is not 1..=64 characters of [A-Za-z0-9._+-]")]
-    BadVersion(String),
 }
 
 /// The target triple this agent was compiled for.
@@ -133,13 +69,6 @@ pub const RUNNING_TARGET: &str = env!("VIGIL_TARGET");
 
 fn sha256(bytes: &[u8]) -> [u8; 32] {
     sha2::Sha256::digest(bytes).into()
-}
-
-fn valid_version(v: &str) -> bool {
-    !v.is_empty()
-        && v.len() <= 64
-        && !v.starts_with('.')
-        && v.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '+' | '-'))
 }
 
 /// Makes a signed bundle.
@@ -151,9 +80,7 @@ pub fn pack(
     key: &SigningKey,
     created_ms: i64,
 ) -> Result<Vec<u8>, BundleError> {
-    if !valid_version(version) {
-        return Err(BundleError::BadVersion(version.to_owned()));
-    }
+    check_version(version)?;
     let header = BundleHeader {
         version: version.to_owned(),
         target: target.to_owned(),
@@ -162,9 +89,9 @@ pub fn pack(
         created_ms,
         key_id: key.public_key().key_id().to_string(),
     };
-    let header = serde_json::to_vec(&header).map_err(|e| BundleError::BadHeader(e.to_string()))?;
-    let header_len = u32::try_from(header.len()).map_err(|_| BundleError::BadHeader("too large".into()))?;
-    let mut out = Vec::with_capacity(PREFIX + header.len() + binary.len() + 64);
+    let header = serde_json::to_vec(&header).map_err(|e| HeaderError::BadHeader(e.to_string()))?;
+    let header_len = u32::try_from(header.len()).map_err(|_| HeaderError::BadHeader("too large".into()))?;
+    let mut out = Vec::with_capacity(PREFIX + header.len() + binary.len() + SIGNATURE_LEN);
     out.extend_from_slice(&MAGIC);
     out.push(FORMAT);
     out.extend_from_slice(&header_len.to_le_bytes());
@@ -173,8 +100,8 @@ pub fn pack(
     if let Some(c) = config {
         out.extend_from_slice(c);
     }
-    if out.len() as u64 + ED25519_SIGNATURE_LEN as u64 > MAX_BUNDLE {
-        return Err(BundleError::TooLarge { len: out.len() as u64, max: MAX_BUNDLE });
+    if out.len() as u64 + SIGNATURE_LEN as u64 > MAX_BUNDLE {
+        return Err(HeaderError::TooLarge { len: out.len() as u64, max: MAX_BUNDLE }.into());
     }
     let signature = key.sign_detached(DOMAIN, &sha256(&out));
     out.extend_from_slice(&signature);
@@ -184,71 +111,36 @@ pub fn pack(
 /// Checks a bundle completely (length, header, trusted key, signature, target, version) and
 /// returns its contents; nothing on the gateway is touched by this.
 pub fn open(bytes: &[u8], trusted: &[PublicKey], running_target: &str) -> Result<Bundle, BundleError> {
-    let len = bytes.len() as u64;
-    if len > MAX_BUNDLE {
-        return Err(BundleError::TooLarge { len, max: MAX_BUNDLE });
-    }
-    if bytes.len() < PREFIX + ED25519_SIGNATURE_LEN {
-        if bytes.len() >= MAGIC.len() && bytes[..MAGIC.len()] != MAGIC {
-            return Err(BundleError::BadMagic);
-        }
-        return Err(BundleError::TooShort { len });
-    }
-    if bytes[..MAGIC.len()] != MAGIC {
-        return Err(BundleError::BadMagic);
-    }
-    if bytes[MAGIC.len()] != FORMAT {
-        return Err(BundleError::UnsupportedFormat(bytes[MAGIC.len()]));
-    }
-    let mut hl = [0u8; 4];
-    hl.copy_from_slice(&bytes[MAGIC.len() + 1..PREFIX]);
-    let header_len = u32::from_le_bytes(hl) as usize;
-    if header_len == 0 || header_len > MAX_HEADER {
-        return Err(BundleError::BadHeader(format!("length {header_len} is outside 1..={MAX_HEADER}")));
-    }
-    let header_end = PREFIX + header_len;
-    let Some(header_bytes) = bytes.get(PREFIX..header_end) else {
-        return Err(BundleError::Truncated { expected: (header_end + ED25519_SIGNATURE_LEN) as u64, actual: len });
-    };
-    let header: BundleHeader =
-        serde_json::from_slice(header_bytes).map_err(|e| BundleError::BadHeader(e.to_string()))?;
-    let expected = (header_end as u64)
-        .checked_add(header.binary_len)
-        .and_then(|n| n.checked_add(header.config_len))
-        .and_then(|n| n.checked_add(ED25519_SIGNATURE_LEN as u64))
-        .ok_or_else(|| BundleError::BadHeader("lengths overflow".into()))?;
-    if len < expected {
-        return Err(BundleError::Truncated { expected, actual: len });
-    }
-    if len > expected {
-        return Err(BundleError::Trailing { expected, actual: len, extra: len - expected });
-    }
+    let framing = parse_header(bytes, bytes.len() as u64)?;
+    let header = framing.header;
     if trusted.is_empty() {
         return Err(BundleError::NoTrustedKeys);
     }
     let Some(key) = trusted.iter().find(|k| k.key_id().to_string() == header.key_id) else {
         return Err(BundleError::UnknownKey { key_id: header.key_id });
     };
-    let body_end = bytes.len() - ED25519_SIGNATURE_LEN;
-    let mut signature = [0u8; ED25519_SIGNATURE_LEN];
-    signature.copy_from_slice(&bytes[body_end..]);
-    if !key.verify_detached(DOMAIN, &sha256(&bytes[..body_end]), &signature) {
+    // The framing matched the file's length, so these offsets are within it; keep them fallible
+    // all the same so a mistake here is an error, not a panic.
+    let at = |offset: u64, part: &str| usize::try_from(offset).map_err(|_| HeaderError::BadHeader(part.into()));
+    let (bin_at, config_at, body_end) =
+        (at(framing.binary_at, "binary")?, at(framing.config_at, "config")?, at(framing.signature_at, "signature")?);
+    let signature: [u8; SIGNATURE_LEN] = bytes
+        .get(body_end..)
+        .and_then(|s| s.try_into().ok())
+        .ok_or_else(|| HeaderError::BadHeader("signature".into()))?;
+    let body = bytes.get(..body_end).ok_or_else(|| HeaderError::BadHeader("signature".into()))?;
+    if !key.verify_detached(DOMAIN, &sha256(body), &signature) {
         return Err(BundleError::BadSignature { key_id: header.key_id });
     }
     if header.target != running_target {
         return Err(BundleError::WrongTarget { bundle: header.target, running: running_target.to_owned() });
     }
-    if !valid_version(&header.version) {
-        return Err(BundleError::BadVersion(header.version));
-    }
-    // Lengths were checked against the file above, so these conversions and slices cannot fail;
-    // keep them fallible all the same so a mistake here is an error, not a panic.
-    let bin_end =
-        header_end + usize::try_from(header.binary_len).map_err(|_| BundleError::BadHeader("binary".into()))?;
-    let binary = bytes.get(header_end..bin_end).ok_or_else(|| BundleError::BadHeader("binary".into()))?.to_vec();
+    // After the signature: a forged bundle is named as forged, whatever its version says.
+    check_version(&header.version)?;
+    let binary = bytes.get(bin_at..config_at).ok_or_else(|| HeaderError::BadHeader("binary".into()))?.to_vec();
     let config = match header.config_len {
         0 => None,
-        _ => Some(bytes.get(bin_end..body_end).ok_or_else(|| BundleError::BadHeader("config".into()))?.to_vec()),
+        _ => Some(bytes.get(config_at..body_end).ok_or_else(|| HeaderError::BadHeader("config".into()))?.to_vec()),
     };
     Ok(Bundle { header, binary, config, sha256: hex::encode(sha256(bytes)) })
 }
@@ -272,11 +164,14 @@ mod tests {
         assert_eq!(opened.header.version, "1.2.3");
 
         let err = open(&b[..b.len() - 10], &[k.public_key()], "t-x").unwrap_err();
-        assert!(matches!(err, BundleError::Truncated { .. }), "{err}");
+        assert!(matches!(err, BundleError::Header(HeaderError::Truncated { .. })), "{err}");
         assert!(err.to_string().contains("truncated"));
         let mut longer = b.clone();
         longer.push(0);
-        assert!(matches!(open(&longer, &[k.public_key()], "t-x"), Err(BundleError::Trailing { .. })));
+        assert!(matches!(
+            open(&longer, &[k.public_key()], "t-x"),
+            Err(BundleError::Header(HeaderError::Trailing { .. }))
+        ));
         let mut altered = b.clone();
         let at = altered.len() - 70;
         altered[at] ^= 1;
@@ -286,7 +181,7 @@ mod tests {
         assert!(matches!(open(&b, &[], "t-x"), Err(BundleError::NoTrustedKeys)));
         let err = open(&b, &[k.public_key()], "t-y").unwrap_err();
         assert_eq!(err.to_string(), "bundle is for target t-x, but this gateway runs t-y");
-        assert!(matches!(pack(b"x", None, "../etc", "t", &k, 0), Err(BundleError::BadVersion(_))));
+        assert!(matches!(pack(b"x", None, "../etc", "t", &k, 0), Err(BundleError::Header(HeaderError::BadVersion(_)))));
         // A forger who rewrites the header with the trusted key's id still fails the signature.
         let forged = pack(b"evil", None, "9.9.9", "t-x", &other, 5).unwrap();
         let mut forged = forged;

@@ -111,7 +111,7 @@ pub struct LaunchArgs {
 fn read_bundle(path: &Path) -> Result<Vec<u8>, UpdateError> {
     let len = std::fs::metadata(path).map_err(|e| UpdateError::io(path, e))?.len();
     if len > bundle::MAX_BUNDLE {
-        return Err(bundle::BundleError::TooLarge { len, max: bundle::MAX_BUNDLE }.into());
+        return Err(bundle::BundleError::from(bundle::HeaderError::TooLarge { len, max: bundle::MAX_BUNDLE }).into());
     }
     std::fs::read(path).map_err(|e| UpdateError::io(path, e))
 }

@@ -200,7 +200,7 @@ impl Remote {
             .to_string());
         }
         if order.size > bundle::MAX_BUNDLE {
-            return Err(bundle::BundleError::TooLarge { len: order.size, max: bundle::MAX_BUNDLE }.to_string());
+            return Err(bundle::HeaderError::TooLarge { len: order.size, max: bundle::MAX_BUNDLE }.to_string());
         }
         if let Ok(Some(t)) = layout.trial() {
             return Err(format!("version {} is on trial; wait until it is committed or rolled back", t.version));
