@@ -1211,6 +1211,41 @@ impl Park {
         Ok(missing)
     }
 
+    /// For every gateway: what is still missing of the point catalogue it signs (PROTOCOL 4d): one
+    /// from the gateway itself that describes the configuration it runs, listing every DCS point
+    /// with its engineering unit where the configuration gives one.
+    pub fn missing_catalogues(&self) -> Result<Vec<String>> {
+        let mut missing = Vec::new();
+        for g in &self.layout.gateways {
+            let (status, body) = self.get(&format!("/api/v1/gateways/{}/catalogue", g.id))?;
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            if status != 200 || v["source"] != "gateway" || v["current"] != true {
+                missing.push(format!("the point catalogue of {} (answer {status}: {})", g.id, v["source"]));
+                continue;
+            }
+            let Some(dcs) = &g.dcs else { continue };
+            let listed: std::collections::HashMap<String, String> = v["document"]["points"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|p| {
+                    let unit = p["unit"].as_str().unwrap_or_default().to_owned();
+                    (format!("{}/{}", g.id, p["id"].as_str().unwrap_or_default()), unit)
+                })
+                .collect();
+            let absent = dcs.points.iter().filter(|k| !listed.contains_key(*k)).count();
+            let unitless =
+                dcs.points.iter().filter(|k| k.ends_with(".Level") && listed.get(*k).is_some_and(|u| u != "m")).count();
+            if absent + unitless > 0 {
+                missing.push(format!(
+                    "{absent} DCS points absent from, {unitless} levels without unit m in {}'s catalogue",
+                    g.id
+                ));
+            }
+        }
+        Ok(missing)
+    }
+
     /// For every gateway: whether central holds its heartbeat counter without a gap from the first
     /// value it has to the last (the heartbeat counts up by one per second per agent run).
     pub fn heartbeat_gaps(&self) -> Result<Vec<String>> {

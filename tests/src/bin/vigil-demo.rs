@@ -4,8 +4,9 @@
 //! OPC UA, cameras) and their gateways, drives the scenario, and serves the UI until Ctrl-C. With
 //! `--check` it runs the scenario once headless and exits 0 only if every expected alarm was raised
 //! (the DCS's among them), every camera alarm carries a snapshot central serves, the maintenance
-//! window suppressed its device's alarm, every DCS point has a good sample at central, and every
-//! gateway's heartbeat arrived without a gap.
+//! window suppressed its device's alarm, every DCS point has a good sample at central, every
+//! gateway's signed point catalogue describes what it runs (the DCS's points with their units), and
+//! every gateway's heartbeat arrived without a gap.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -137,6 +138,7 @@ fn check_once(park: &Park) -> Result<Option<String>> {
     let mut waiting = park.missing_evidence()?;
     waiting.extend(park.missing_suppressed()?);
     waiting.extend(park.missing_dcs_samples()?);
+    waiting.extend(park.missing_catalogues()?);
     if !waiting.is_empty() {
         return Ok(Some(waiting.join(", ")));
     }
