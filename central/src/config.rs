@@ -263,8 +263,19 @@ pub struct ApiConfig {
     /// API-call log records queued for the writer; beyond this, records are counted as dropped
     /// rather than slowing requests down.
     pub call_log_queue: usize,
-    /// Mark the session cookie `Secure` (set when central is reached over HTTPS).
+    /// Mark the session cookie `Secure` (set when central is reached over HTTPS, e.g. behind a
+    /// TLS-terminating proxy); always on when `tls_cert_file` is set.
     pub secure_cookie: bool,
+    /// The API's server certificate chain (PEM, leaf first; `vigil-central pki issue-server`):
+    /// with `tls_key_file`, `listen` serves HTTPS only (the UI too). Both or neither.
+    pub tls_cert_file: Option<PathBuf>,
+    /// Its private key (PEM).
+    pub tls_key_file: Option<PathBuf>,
+    /// With TLS: a client must finish the TLS handshake within this, ms.
+    pub tls_handshake_timeout_ms: u64,
+    /// With TLS: most connections open at once (handshakes included); more are closed at accept and
+    /// counted.
+    pub tls_max_connections: usize,
     /// The park layout the overview draws (JSON, the shape of `central/ui/park-layout.json`);
     /// read on every request, so an edited file shows on the next page load. Without it the
     /// embedded example layout is served.
@@ -299,6 +310,10 @@ impl Default for ApiConfig {
             request_timeout_s: 30,
             call_log_queue: 65_536,
             secure_cookie: false,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_handshake_timeout_ms: 10_000,
+            tls_max_connections: 1024,
             park_layout: None,
             enrolment: EnrolSettings::default(),
         }
@@ -369,6 +384,21 @@ impl Config {
         if let Some(p) = &mut raw.api.park_layout {
             absolute(p);
             crate::ui::check_layout(p).map_err(|why| invalid("api.park_layout", &why))?;
+        }
+        match (&mut raw.api.tls_cert_file, &mut raw.api.tls_key_file) {
+            (Some(cert), Some(key)) => {
+                absolute(cert);
+                absolute(key);
+                // An HTTPS-only listener: the session cookie must never be sent over plain HTTP.
+                raw.api.secure_cookie = true;
+            }
+            (Some(_), None) => {
+                return Err(invalid("api.tls_key_file", "missing: tls_cert_file is set; give both or neither"));
+            }
+            (None, Some(_)) => {
+                return Err(invalid("api.tls_cert_file", "missing: tls_key_file is set; give both or neither"));
+            }
+            (None, None) => {}
         }
         if let Some(t) = raw.mqtt.as_mut().and_then(|m| m.tls.as_mut()) {
             for p in [&mut t.ca_file, &mut t.cert_file, &mut t.key_file] {
@@ -444,6 +474,12 @@ impl Config {
         if c.api.call_log_queue == 0 {
             return Err(invalid("api.call_log_queue", "must be at least 1"));
         }
+        if c.api.tls_handshake_timeout_ms < 100 {
+            return Err(invalid("api.tls_handshake_timeout_ms", "must be at least 100"));
+        }
+        if c.api.tls_max_connections == 0 {
+            return Err(invalid("api.tls_max_connections", "must be at least 1"));
+        }
         if let Err((key, why)) = c.auth.validate() {
             return Err(invalid(key, &why));
         }
@@ -484,6 +520,31 @@ mod tests {
         assert!(e.contains("c.toml") && e.contains("api.park_layout") && e.contains("map.json"), "{e}");
         std::fs::write(dir.path().join("map.json"), r#"{"objects":[]}"#).unwrap();
         assert_eq!(Config::load(&p).unwrap().api.park_layout, Some(dir.path().join("map.json")));
+    }
+
+    #[test]
+    fn api_tls_needs_both_files_and_forces_the_secure_cookie() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        let base = "data_dir = \"d\"\nkey_file = \"k\"\n[api]\n";
+        std::fs::write(&p, base).unwrap();
+        let c = Config::load(&p).unwrap();
+        assert!(c.api.tls_cert_file.is_none() && !c.api.secure_cookie);
+        std::fs::write(&p, format!("{base}tls_cert_file = \"pki/api.pem\"\n")).unwrap();
+        let e = Config::load(&p).unwrap_err().to_string();
+        assert!(e.contains("c.toml") && e.contains("api.tls_key_file") && e.contains("both"), "{e}");
+        std::fs::write(&p, format!("{base}tls_key_file = \"pki/api.key\"\n")).unwrap();
+        let e = Config::load(&p).unwrap_err().to_string();
+        assert!(e.contains("api.tls_cert_file"), "{e}");
+        let both =
+            format!("{base}tls_cert_file = \"pki/api.pem\"\ntls_key_file = \"pki/api.key\"\nsecure_cookie = false\n");
+        std::fs::write(&p, both).unwrap();
+        let c = Config::load(&p).unwrap();
+        assert_eq!(c.api.tls_cert_file, Some(dir.path().join("pki/api.pem")));
+        assert_eq!(c.api.tls_key_file, Some(dir.path().join("pki/api.key")));
+        assert!(c.api.secure_cookie, "HTTPS only: the cookie is Secure whatever the file says");
+        std::fs::write(&p, format!("{base}tls_max_connections = 0\n")).unwrap();
+        assert!(Config::load(&p).unwrap_err().to_string().contains("api.tls_max_connections"));
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod notify;
 pub mod seen;
 pub mod store;
 pub mod swinging_door;
+pub mod tls;
 pub mod ui;
 pub mod updates;
 pub mod wal;

@@ -1,7 +1,7 @@
 //! `vigil-central`: the park aggregator binary: `run` (ingest, WAL, historian, query API),
 //! `gateway add|revoke|list|sync` (the registry), `user add|list|disable|enable` (API users), `keygen` and
-//! `pubkey` (central's signing identity), `pki init|issue-gateway` (certificates for the embedded
-//! broker), `audit verify` (the alarm audit chain).
+//! `pubkey` (central's signing identity), `pki init|issue-gateway|issue-server` (certificates for the
+//! embedded broker, gateways and the API's HTTPS), `audit verify` (the alarm audit chain).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -64,7 +64,7 @@ enum Command {
         #[command(subcommand)]
         action: AuditCmd,
     },
-    /// Certificates for the embedded broker: the park CA, the broker's and central's, gateways'.
+    /// Certificates: the park CA, the embedded broker's and central's, gateways', the API's HTTPS.
     Pki {
         #[command(subcommand)]
         action: PkiCmd,
@@ -104,6 +104,20 @@ enum PkiCmd {
         /// The directory `pki init` wrote.
         #[arg(long)]
         dir: PathBuf,
+    },
+    /// Issue a server certificate signed by the park CA into DIR/NAME.pem and DIR/NAME.key, by
+    /// default the API's for HTTPS (`[api] tls_cert_file`/`tls_key_file`).
+    IssueServer {
+        /// The directory `pki init` wrote.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Name of the files (and CN vigil-NAME).
+        #[arg(long, default_value = vigil_central::broker::pki::API_NAME)]
+        name: String,
+        /// DNS name or IP address clients (browsers, gateways) use to reach central (repeatable);
+        /// `localhost`, `127.0.0.1` and `::1` are always included.
+        #[arg(long)]
+        san: Vec<String>,
     },
 }
 
@@ -334,6 +348,33 @@ async fn audit_verify(config: &Path) -> Result<bool> {
     }
 }
 
+/// The API's TLS acceptor when `[api]` names a certificate and key; without, a warning when the
+/// plain-HTTP listener is reachable from other hosts.
+fn api_tls(api: &vigil_central::config::ApiConfig) -> Result<Option<tokio_rustls::TlsAcceptor>> {
+    match (&api.tls_cert_file, &api.tls_key_file) {
+        (Some(cert), Some(key)) => {
+            let acceptor = vigil_central::api::tls::acceptor(cert, key).with_context(|| {
+                format!(
+                    "api.tls_cert_file/api.tls_key_file: loading the API's certificate (make one with `vigil-central \
+                     pki issue-server --dir {}`)",
+                    cert.parent().unwrap_or(Path::new(".")).display()
+                )
+            })?;
+            Ok(Some(acceptor))
+        }
+        _ => {
+            if !api.listen.ip().is_loopback() {
+                tracing::warn!(
+                    listen = %api.listen,
+                    "api: plain HTTP on a non-loopback address: passwords and session tokens travel in clear; \
+                     set [api] tls_cert_file and tls_key_file (`vigil-central pki issue-server`)"
+                );
+            }
+            Ok(None)
+        }
+    }
+}
+
 async fn run(config: &Path) -> Result<()> {
     let mut cfg = Config::load(config)?;
     if let Some(path) = &cfg.gateways {
@@ -425,10 +466,15 @@ async fn run(config: &Path) -> Result<()> {
     tokio::spawn(state.gateways.clone().follow(core.streams.states.subscribe()));
     let call_log = state.calls.clone();
     let listen = cfg.api.listen;
+    let acceptor = api_tls(&cfg.api)?;
     let listener =
         tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding the API to {listen}"))?;
     tokio::spawn(async move {
-        if let Err(e) = vigil_central::api::serve(listener, state).await {
+        let served = match acceptor {
+            Some(acceptor) => vigil_central::api::tls::serve(listener, state, acceptor).await,
+            None => vigil_central::api::serve(listener, state).await,
+        };
+        if let Err(e) = served {
             tracing::error!(error = %e, "api server stopped");
         }
     });
@@ -521,6 +567,17 @@ fn main() -> Result<()> {
                 eprintln!("wrote {}", f.display());
             }
             eprintln!("keep ca.key offline if you can; issue gateway certificates with `vigil-central pki issue-gateway ID --dir {}`", dir.display());
+        }
+        Command::Pki { action: PkiCmd::IssueServer { dir, name, san } } => {
+            let (cert, key) = vigil_central::broker::pki::issue_server(&dir, &name, &san)?;
+            println!("{}", cert.display());
+            eprintln!(
+                "wrote {} and {} (owner-only); for HTTPS on the API set [api] tls_cert_file and tls_key_file to them; \
+                 browsers and gateways (`vigil-edge enroll --ca`) trust {}",
+                cert.display(),
+                key.display(),
+                dir.join(vigil_central::broker::pki::CA_CERT).display()
+            );
         }
         Command::Pki { action: PkiCmd::IssueGateway { id, dir } } => {
             let out = vigil_central::broker::pki::issue_gateway(&dir, &id)?;

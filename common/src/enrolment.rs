@@ -1,7 +1,7 @@
 //! The enrolment token as a shared key. The token itself never crosses the wire: the gateway names
 //! it by [`token_id`] and proves it holds it with an HMAC over its request, and central proves the
-//! same over its answer. Someone between the gateway and central (enrolment is plain HTTP, before
-//! the gateway has any certificate to check central by) can neither redeem the token for another
+//! same over its answer. Someone between the gateway and central (enrolment may be plain HTTP, or
+//! HTTPS checked only by a CA file the technician brings) can neither redeem the token for another
 //! key nor hand the gateway another central key, CA or broker: either MAC would fail.
 //! `docs/PROTOCOL.md` ("Enrolment") specifies the messages.
 

@@ -1004,6 +1004,13 @@ pub fn resolve(config: Config, path: &Path) -> Result<Plant, ConfigErrors> {
             errors.push(err(path, format!("uplink.{key}"), problem));
         }
     }
+    // Downloads over HTTPS check central by the park CA of [uplink.tls]; without it they would fail.
+    if config.update.central_url.as_deref().is_some_and(|u| u.starts_with("https://"))
+        && config.uplink.as_ref().and_then(|u| u.tls.as_ref()).is_none()
+    {
+        let why = "https:// needs [uplink.tls] ca_file, the park CA central's certificate is checked against";
+        errors.push(err(path, "update.central_url", why));
+    }
 
     if !errors.is_empty() {
         return Err(ConfigErrors(errors));

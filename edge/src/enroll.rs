@@ -1,6 +1,7 @@
 //! `vigil-edge enroll`: the gateway enrols itself with a one-time token. Its Ed25519 signing key and
 //! its TLS key are generated here and written owner-only; only the public key and a certificate
-//! request (CN = gateway id) go to central (`POST /api/v1/enrol`, plain HTTP in this version), which
+//! request (CN = gateway id) go to central (`POST /api/v1/enrol`, over HTTPS when central's API has
+//! a certificate, checked against the park CA given with `--ca`; plain HTTP otherwise), which
 //! answers the certificate, the park CA, central's public key and the broker's address. The token
 //! never travels: the request names it and carries a MAC keyed by it, and the answer is accepted only
 //! with central's MAC by the same token (`vigil_common::enrolment`), so a man in the middle can
@@ -71,16 +72,30 @@ impl Drop for Cleanup {
     }
 }
 
-/// Enrols gateway `id` at `central` (`http://HOST:PORT`) with `token`, writing into `dir`; returns
-/// the snippet's path.
-pub async fn enroll(central: &str, token: &str, id: &str, dir: &Path) -> Result<PathBuf> {
+/// Enrols gateway `id` at `central` (`https://HOST:PORT`, whose certificate must chain to the park
+/// CA in `ca`, or `http://HOST:PORT`) with `token`, writing into `dir`; returns the snippet's path.
+pub async fn enroll(central: &str, token: &str, id: &str, dir: &Path, ca: Option<&Path>) -> Result<PathBuf> {
     let gw = vigil_common::GatewayId::new(id).map_err(|e| anyhow::anyhow!("gateway id {id:?}: {e}"))?;
     let base = central.trim_end_matches('/');
-    if base.starts_with("https://") {
-        bail!("--central {central}: enrolment speaks plain HTTP in this version; give http://HOST:PORT");
-    }
     let url = format!("{base}/api/v1/enrol");
-    client::Url::parse(&url).map_err(|_| anyhow::anyhow!("--central {central:?}: expected http://HOST:PORT"))?;
+    // Before enrolment the gateway trusts nothing: over HTTPS it checks central by the CA it is
+    // given, and without one it refuses rather than accept whatever certificate answers.
+    let tls = if base.starts_with("https://") {
+        let Some(ca) = ca else {
+            bail!(
+                "--central {central} is HTTPS, but no --ca was given: pass --ca FILE with the park CA \
+                 certificate (ca.pem of `vigil-central pki init`, copied to this gateway) so central's \
+                 certificate can be checked; an unchecked certificate is never accepted"
+            );
+        };
+        client::Url::parse_https(&url)
+            .map_err(|_| anyhow::anyhow!("--central {central:?}: expected https://HOST:PORT"))?;
+        Some(client::trusting(ca).map_err(|e| anyhow::anyhow!("--ca: {e}"))?)
+    } else {
+        client::Url::parse(&url)
+            .map_err(|_| anyhow::anyhow!("--central {central:?}: expected https://HOST:PORT or http://HOST:PORT"))?;
+        None
+    };
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let dir = dir.canonicalize().with_context(|| format!("resolving {}", dir.display()))?;
     let path = |name: &str| dir.join(name);
@@ -114,13 +129,20 @@ pub async fn enroll(central: &str, token: &str, id: &str, dir: &Path) -> Result<
         "csr": csr_pem,
     });
     let headers = [("content-type", "application/json".to_owned())];
-    let answer = client::send(http::Method::POST, &url, &headers, body.to_string().into_bytes(), TIMEOUT, MAX_ANSWER)
-        .await
-        .map_err(|e| match e {
-            FetchError::Connect { addr, why } => anyhow::anyhow!("cannot reach central at {addr}: {why}"),
-            FetchError::Timeout(t) => anyhow::anyhow!("central at {base} did not answer within {t:?}"),
-            other => anyhow::anyhow!("enrolling at {url}: {other}"),
-        })?;
+    let body = body.to_string().into_bytes();
+    let answer = match &tls {
+        Some(tls) => client::send_tls(http::Method::POST, &url, tls.clone(), &headers, body, TIMEOUT, MAX_ANSWER).await,
+        None => client::send(http::Method::POST, &url, &headers, body, TIMEOUT, MAX_ANSWER).await,
+    }
+    .map_err(|e| match e {
+        FetchError::Connect { addr, why } => anyhow::anyhow!("cannot reach central at {addr}: {why}"),
+        FetchError::Timeout(t) => anyhow::anyhow!("central at {base} did not answer within {t:?}"),
+        FetchError::Tls { addr, why } => anyhow::anyhow!(
+            "TLS with central at {addr} failed: {why}. Is --ca the park CA that signed central's API certificate \
+             (`vigil-central pki issue-server`), and does that certificate name the host given in --central?"
+        ),
+        other => anyhow::anyhow!("enrolling at {url}: {other}"),
+    })?;
     if answer.status != 200 {
         let detail = serde_json::from_slice::<serde_json::Value>(&answer.body)
             .ok()
@@ -155,7 +177,33 @@ pub async fn enroll(central: &str, token: &str, id: &str, dir: &Path) -> Result<
     write_new(&path(CA), &e.ca_pem, 0o644)?;
     let text = snippet(&e, &dir, base)?;
     write_new(&path(SNIPPET), &text, 0o644)?;
+    if let Some(ca) = ca
+        && tls.is_some()
+        && !same_certificates(&std::fs::read(ca).unwrap_or_default(), e.ca_pem.as_bytes())
+    {
+        // Update downloads check central's API by [uplink.tls] ca_file, the park CA just written.
+        eprintln!(
+            "warning: --ca {} is not the park CA central answered ({}); update downloads from {base} trust the \
+             latter and fail unless central's API certificate is signed by it",
+            ca.display(),
+            path(CA).display()
+        );
+    }
     Ok(path(SNIPPET))
+}
+
+/// Whether two PEM texts hold the same certificates (in any order).
+fn same_certificates(a: &[u8], b: &[u8]) -> bool {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject as _;
+    let ders = |pem: &[u8]| {
+        let mut v: Vec<Vec<u8>> =
+            CertificateDer::pem_slice_iter(pem).filter_map(Result::ok).map(|c| c.to_vec()).collect();
+        v.sort();
+        v
+    };
+    let (a, b) = (ders(a), ders(b));
+    !a.is_empty() && a == b
 }
 
 fn snippet(e: &Enrolled, dir: &Path, central: &str) -> Result<String> {
@@ -176,7 +224,8 @@ fn snippet(e: &Enrolled, dir: &Path, central: &str) -> Result<String> {
     let mut all = toml::Table::new();
     all.insert("gateway".into(), gateway.into());
     all.insert("uplink".into(), uplink.into());
-    // Central's API, where bundles of updates central orders are downloaded from.
+    // Central's API, where bundles of updates central orders are downloaded from (as enrolled:
+    // https:// when enrolled over HTTPS, checked against [uplink.tls] ca_file).
     let mut update = toml::Table::new();
     update.insert("central_url".into(), central.into());
     all.insert("update".into(), update.into());
@@ -184,4 +233,34 @@ fn snippet(e: &Enrolled, dir: &Path, central: &str) -> Result<String> {
     Ok(format!(
         "# Written by `vigil-edge enroll`: merge into the gateway configuration (with [spool] and the sources).\n{body}"
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn https_without_a_ca_is_refused_before_anything_is_made() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("gw");
+        let e = enroll("https://127.0.0.1:1", "t", "gw-1", &out, None).await.unwrap_err().to_string();
+        assert!(e.contains("no --ca was given") && e.contains("pass --ca FILE"), "{e}");
+        assert!(!out.exists(), "nothing written");
+        let e = enroll("https://127.0.0.1:1", "t", "gw-1", &out, Some(&dir.path().join("none.pem")))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--ca") && e.contains("none.pem"), "{e}");
+        assert!(!out.exists(), "nothing written");
+    }
+
+    #[test]
+    fn certificates_compare_by_content_not_by_text() {
+        let a = rcgen::generate_simple_self_signed(vec!["a".into()]).unwrap().cert.pem();
+        let b = rcgen::generate_simple_self_signed(vec!["b".into()]).unwrap().cert.pem();
+        assert!(same_certificates(a.as_bytes(), format!("\n{a}").as_bytes()));
+        assert!(same_certificates(format!("{a}{b}").as_bytes(), format!("{b}{a}").as_bytes()));
+        assert!(!same_certificates(a.as_bytes(), b.as_bytes()));
+        assert!(!same_certificates(b"", b""));
+    }
 }

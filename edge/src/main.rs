@@ -41,11 +41,15 @@ enum Command {
     },
     /// Enrol this gateway at central with a one-time token: generates its signing and TLS keys here,
     /// has central register the key and sign the certificate, and writes keys, certificate, CA and a
-    /// `gateway-enrolled.toml` snippet into DIR (plain HTTP to central in this version).
+    /// `gateway-enrolled.toml` snippet into DIR (HTTPS to central, checked against --ca).
     Enroll {
-        /// Central's API, http://HOST:PORT.
+        /// Central's API, https://HOST:PORT (or http://HOST:PORT when central's API has no TLS).
         #[arg(long)]
         central: String,
+        /// The park CA certificate (PEM) central's HTTPS certificate must chain to; required with
+        /// an https:// --central.
+        #[arg(long)]
+        ca: Option<PathBuf>,
         /// The enrolment token an administrator created (`POST /api/v1/enrolments`).
         #[arg(long)]
         token: String,
@@ -234,8 +238,8 @@ fn main() -> Result<()> {
             println!("{}", key.public_key().to_text());
             eprintln!("wrote {} (owner-only); register the public key above at central", out.display());
         }
-        Command::Enroll { central, token, id, dir } => {
-            let snippet = runtime()?.block_on(enroll::enroll(&central, &token, &id, &dir))?;
+        Command::Enroll { central, ca, token, id, dir } => {
+            let snippet = runtime()?.block_on(enroll::enroll(&central, &token, &id, &dir, ca.as_deref()))?;
             println!("{}", snippet.display());
             eprintln!("enrolled {id}; merge {} into the gateway configuration", snippet.display());
         }

@@ -284,3 +284,14 @@ fn read_command_prints_json_and_fails_when_a_device_fails() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no device named \"nope\""));
 }
+
+#[test]
+fn an_https_central_url_needs_the_park_ca_of_the_uplink() {
+    // No [uplink.tls]: nothing to check central's certificate by.
+    assert_error("[update]\ncentral_url = \"https://central:8443\"\n", "update.central_url", "[uplink.tls] ca_file");
+    assert_error("[update]\ncentral_url = \"https://central:8443/api\"\n", "update.central_url", "without a path");
+    // Plain HTTP (a lab or a loopback central) still needs nothing more.
+    let dir = tempfile::tempdir().unwrap();
+    let f = write(dir.path(), "[update]\ncentral_url = \"http://central:8080\"\n");
+    config::load(&f).unwrap();
+}

@@ -174,6 +174,7 @@ async fn metrics(State(st): State<ApiState>) -> Result<String, ApiError> {
     s.push_str(&crate::enrol::METRICS.prometheus());
     s.push_str(&crate::updates::METRICS.prometheus());
     s.push_str(&st.catalogues.metrics.prometheus());
+    s.push_str(&st.tls.as_ref().map(|t| t.prometheus()).unwrap_or_default());
     if let Some(p) = &st.pushes {
         s.push_str(&p.metrics.prometheus());
     }

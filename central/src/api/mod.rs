@@ -14,6 +14,7 @@ pub mod openapi;
 pub mod points;
 pub mod resources;
 pub mod scope;
+pub mod tls;
 pub mod updates;
 pub mod users;
 
@@ -70,6 +71,8 @@ pub struct ApiState {
     pub updates: Option<crate::updates::Updates>,
     /// The gateways' point catalogues (central's process shares ingest's, see [`crate::ingest::Core`]).
     pub catalogues: crate::catalogue::Catalogues,
+    /// The HTTPS listener's counters, when [`tls::serve`] serves the API.
+    pub tls: Option<Arc<tls::TlsMetrics>>,
     /// Limits and cookie settings.
     pub settings: Arc<ApiConfig>,
     /// When this process started, UTC ms.
@@ -112,6 +115,7 @@ impl ApiState {
             pushes: None,
             updates: None,
             catalogues,
+            tls: None,
             settings: Arc::new(settings),
             started_ms: crate::ingest::now_ms(),
         })
@@ -307,7 +311,8 @@ async fn limits(
     }
 }
 
-/// Serves the router on `listener` (with client addresses for the API-call log) until it fails.
+/// Serves the router over plain HTTP on `listener` (with client addresses for the API-call log)
+/// until it fails; [`tls::serve`] is the HTTPS counterpart.
 pub async fn serve(listener: tokio::net::TcpListener, state: ApiState) -> std::io::Result<()> {
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "api: listening");

@@ -1,6 +1,7 @@
 //! The park's certificates for a fresh install: `vigil-central pki init` (CA, the embedded broker's
-//! server certificate, central's client certificate) and `pki issue-gateway` (one gateway's client
-//! certificate, with the CA, for the technician). Private keys are written owner-only.
+//! server certificate, central's client certificate), `pki issue-gateway` (one gateway's client
+//! certificate, with the CA, for the technician) and `pki issue-server` (another server certificate
+//! of central's, such as the management API's for HTTPS). Private keys are written owner-only.
 
 use std::fs;
 use std::io::Write as _;
@@ -153,6 +154,40 @@ pub fn issue_gateway(dir: &Path, id: &str) -> Result<PathBuf, PkiError> {
     Ok(out)
 }
 
+/// The default name of the management API's server certificate (`api.pem`, `api.key`).
+pub const API_NAME: &str = "api";
+
+/// Issues a server certificate of central's with the CA in `dir`: `dir/{name}.pem` and
+/// `dir/{name}.key` (CN `vigil-{name}`; subject alternative names `localhost`, `127.0.0.1`, `::1`
+/// and `extra_sans`, the DNS names or IP addresses clients use to reach it; ten years). For the
+/// management API's HTTPS ([`API_NAME`]; `[api] tls_cert_file`/`tls_key_file`). Existing files are
+/// never replaced. Returns the certificate's and the key's paths.
+pub fn issue_server(dir: &Path, name: &str, extra_sans: &[String]) -> Result<(PathBuf, PathBuf), PkiError> {
+    let valid =
+        !name.is_empty() && name.len() <= 64 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if !valid {
+        return Err(PkiError::Invalid(format!(
+            "server certificate name {name:?}: use 1 to 64 of A-Z a-z 0-9 - _ (it names the files)"
+        )));
+    }
+    let read = |name: &str| {
+        let p = dir.join(name);
+        fs::read_to_string(&p).map_err(io(&p))
+    };
+    let (ca_pem, ca_key) = (read(CA_CERT)?, read(CA_KEY)?);
+    let issuer = Issuer::from_ca_cert_pem(&ca_pem, KeyPair::from_pem(&ca_key)?)?;
+    let mut sans: Vec<String> = ["localhost", "127.0.0.1", "::1"].iter().map(|s| s.to_string()).collect();
+    for s in extra_sans {
+        if !sans.contains(s) {
+            sans.push(s.clone());
+        }
+    }
+    let params = leaf(&format!("vigil-{name}"), &sans, ExtendedKeyUsagePurpose::ServerAuth, 10)?;
+    let (cert, key) = (dir.join(format!("{name}.pem")), dir.join(format!("{name}.key")));
+    issue(&issuer, params, &cert, &key)?;
+    Ok((cert, key))
+}
+
 /// Signs gateway `id`'s certificate signing request (PEM, as `vigil-edge enroll` makes it) with the
 /// CA (`ca_pem`, `ca_key_pem`): the request's signature must verify and its subject's common name
 /// must be `id`. Only the request's public key is taken from it; names, usages and validity are the
@@ -210,5 +245,35 @@ mod tests {
             rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider).build().unwrap();
         let now = rustls_pki_types::UnixTime::now();
         verifier.verify_client_cert(&der(&out.join("gw-7.pem")), &[], now).unwrap();
+    }
+
+    #[test]
+    fn a_server_certificate_verifies_for_its_names_only_and_is_never_overwritten() {
+        use rustls::client::danger::ServerCertVerifier as _;
+        let dir = tempfile::tempdir().unwrap();
+        assert!(matches!(issue_server(dir.path(), API_NAME, &[]), Err(PkiError::Io { .. })), "no CA yet");
+        init(dir.path(), "vigil-central", &[]).unwrap();
+        let sans = ["central.park.example".to_owned(), "10.1.2.3".to_owned()];
+        let (cert, key) = issue_server(dir.path(), API_NAME, &sans).unwrap();
+        assert_eq!((cert.clone(), key.clone()), (dir.path().join("api.pem"), dir.path().join("api.key")));
+        assert_eq!(fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+        let der = |p: &Path| {
+            use rustls_pki_types::pem::PemObject as _;
+            rustls_pki_types::CertificateDer::from_pem_file(p).unwrap()
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(der(&dir.path().join(CA_CERT))).unwrap();
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let verifier =
+            rustls::client::WebPkiServerVerifier::builder_with_provider(roots.into(), provider).build().unwrap();
+        let now = rustls_pki_types::UnixTime::now();
+        for name in ["central.park.example", "10.1.2.3", "localhost", "127.0.0.1"] {
+            let server = rustls_pki_types::ServerName::try_from(name).unwrap();
+            verifier.verify_server_cert(&der(&cert), &[], &server, &[], now).unwrap();
+        }
+        let other = rustls_pki_types::ServerName::try_from("other.park.example").unwrap();
+        assert!(verifier.verify_server_cert(&der(&cert), &[], &other, &[], now).is_err());
+        assert!(matches!(issue_server(dir.path(), API_NAME, &[]), Err(PkiError::Exists(_))));
+        assert!(matches!(issue_server(dir.path(), "../x", &[]), Err(PkiError::Invalid(_))));
     }
 }

@@ -51,8 +51,9 @@ pub struct UpdateConfig {
     /// Starts of a new version (crashes, power cuts) before it is rolled back (default 3).
     #[serde(default = "default_attempts")]
     pub max_attempts: u32,
-    /// Central's API (`http://HOST:PORT`, the address the gateway enrolled with), where bundles
-    /// ordered by central are downloaded from; absent: central-ordered updates are refused.
+    /// Central's API (`https://HOST:PORT`, checked against `[uplink.tls] ca_file`, or
+    /// `http://HOST:PORT`: the address the gateway enrolled with), where bundles ordered by central
+    /// are downloaded from; absent: central-ordered updates are refused.
     #[serde(default)]
     pub central_url: Option<String>,
     /// Longest time one download attempt of an ordered bundle may take, seconds (default 300).

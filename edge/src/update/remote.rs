@@ -1,7 +1,8 @@
 //! Updates ordered by central (`CommandAction::Update` on `down/cmd`). The signed command names the
 //! bundle (version, target, SHA-256, size) and a download path and token; the bundle is fetched from
-//! central's API at `[update] central_url` (the address the gateway enrolled with), bounded in size
-//! and time and retried with backoff, checked against the command (size, SHA-256), and only then
+//! central's API at `[update] central_url` (the address the gateway enrolled with; over HTTPS
+//! checked against the park CA of `[uplink.tls] ca_file`), bounded in size and time and retried
+//! with backoff, checked against the command (size, SHA-256), and only then
 //! handed to the same path as a local `update apply` ([`bundle::open`] checks the release signature
 //! and target, [`install::apply_ordered`] installs it on trial). Whatever the outcome, it is a
 //! history record naming the order (`order N: ...`), which reaches central in the next state.
@@ -79,18 +80,29 @@ pub struct Remote {
     pub metrics: RemoteMetrics,
 }
 
-/// `http://HOST:PORT` (a trailing `/` allowed) as the base the download path is joined to.
+/// `https://HOST:PORT` or `http://HOST:PORT` (a trailing `/` allowed) as the base the download path
+/// is joined to.
 pub fn base_url(url: &str) -> Result<String, String> {
-    if url.starts_with("https://") {
-        return Err(format!(
-            "{url:?}: central's API speaks plain HTTP in this version (as enrolment does); give http://HOST:PORT"
-        ));
-    }
-    let parsed = client::Url::parse(url).map_err(|_| format!("{url:?} is not http://HOST:PORT"))?;
+    let parsed = if url.starts_with("https://") { client::Url::parse_https(url) } else { client::Url::parse(url) }
+        .map_err(|_| format!("{url:?} is not https://HOST:PORT or http://HOST:PORT"))?;
     if parsed.path != "/" {
-        return Err(format!("{url:?}: give http://HOST:PORT without a path"));
+        return Err(format!("{url:?}: give https://HOST:PORT (or http://) without a path"));
     }
     Ok(url.trim_end_matches('/').to_owned())
+}
+
+/// The TLS configuration for downloads from `base`: `None` for plain HTTP; for HTTPS, trusting
+/// only `ca_file` (the park CA of `[uplink.tls]`), refused without one.
+fn tls_for(base: &str, ca_file: Option<&std::path::Path>) -> Result<Option<Arc<rustls::ClientConfig>>, String> {
+    if !base.starts_with("https://") {
+        return Ok(None);
+    }
+    let Some(ca) = ca_file else {
+        return Err(format!(
+            "central_url {base} is HTTPS, but there is no [uplink.tls] ca_file to check central's certificate by"
+        ));
+    };
+    client::trusting(ca).map(Some)
 }
 
 impl Remote {
@@ -119,8 +131,9 @@ impl Remote {
     }
 
     /// Takes `order` and handles it in the background with `config` (the running `[update]`
-    /// section); returns at once. A repeated delivery of the order in progress is ignored.
-    pub fn start(self: &Arc<Self>, order: Order, config: UpdateConfig) {
+    /// section) and `ca_file` (the park CA an https:// `central_url` must chain to); returns at
+    /// once. A repeated delivery of the order in progress is ignored.
+    pub fn start(self: &Arc<Self>, order: Order, config: UpdateConfig, ca_file: Option<std::path::PathBuf>) {
         self.metrics.orders.fetch_add(1, Ordering::Relaxed);
         {
             let mut busy = self.busy.lock().unwrap_or_else(|p| p.into_inner());
@@ -141,7 +154,7 @@ impl Remote {
         }
         let this = self.clone();
         tokio::spawn(async move {
-            let outcome = this.handle(&order, &config).await;
+            let outcome = this.handle(&order, &config, ca_file.as_deref()).await;
             match outcome {
                 Ok(Some(name)) => {
                     this.metrics.installed.fetch_add(1, Ordering::Relaxed);
@@ -181,7 +194,12 @@ impl Remote {
     }
 
     /// Checks, downloads, verifies and installs; `Ok(None)`: the order was handled before.
-    async fn handle(&self, order: &Order, config: &UpdateConfig) -> Result<Option<String>, String> {
+    async fn handle(
+        &self,
+        order: &Order,
+        config: &UpdateConfig,
+        ca_file: Option<&std::path::Path>,
+    ) -> Result<Option<String>, String> {
         let Some(layout) = layout() else {
             return Err("this agent was not started by `vigil-edge launch`: nothing would start or judge the \
                         new version"
@@ -213,11 +231,12 @@ impl Remote {
         if !order.path.starts_with("/api/") {
             return Err(format!("download path {:?} is not on central's API", order.path));
         }
+        let tls = tls_for(&base, ca_file)?;
         if let Some(ms) = std::env::var(ENV_DELAY).ok().and_then(|v| v.parse::<u64>().ok()) {
             tokio::time::sleep(Duration::from_millis(ms.min(60_000))).await;
         }
         let timeout = Duration::from_secs(config.download_timeout_s.max(5));
-        let bytes = self.download(&format!("{base}{}", order.path), order, timeout).await?;
+        let bytes = self.download(&format!("{base}{}", order.path), tls, order, timeout).await?;
         let sha: [u8; 32] = sha2::Sha256::digest(&bytes).into();
         if sha != order.sha256 {
             return Err(format!(
@@ -244,7 +263,13 @@ impl Remote {
 
     /// GETs the bundle: at most [`MAX_ATTEMPTS`] attempts with doubling backoff, each within
     /// `timeout` and reading at most the ordered size. Refusals by central are not retried.
-    async fn download(&self, url: &str, order: &Order, timeout: Duration) -> Result<Vec<u8>, String> {
+    async fn download(
+        &self,
+        url: &str,
+        tls: Option<Arc<rustls::ClientConfig>>,
+        order: &Order,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, String> {
         let max = usize::try_from(order.size).map_err(|_| "bundle too large for this gateway".to_owned())?;
         let headers = [(TOKEN_HEADER, order.token.clone())];
         let mut backoff = FIRST_BACKOFF;
@@ -255,7 +280,12 @@ impl Remote {
                 backoff *= 2;
             }
             self.metrics.download_attempts.fetch_add(1, Ordering::Relaxed);
-            let result = client::send(http::Method::GET, url, &headers, Vec::new(), timeout, max).await;
+            let result = match &tls {
+                Some(tls) => {
+                    client::send_tls(http::Method::GET, url, tls.clone(), &headers, Vec::new(), timeout, max).await
+                }
+                None => client::send(http::Method::GET, url, &headers, Vec::new(), timeout, max).await,
+            };
             let failure = match result {
                 Ok(r) if r.status == 200 && r.body.len() as u64 == order.size => return Ok(r.body),
                 Ok(r) if r.status == 200 => {
@@ -298,11 +328,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_base_url_is_plain_http_without_a_path() {
+    fn the_base_url_is_https_or_http_without_a_path() {
         assert_eq!(base_url("http://10.0.0.5:8080/").unwrap(), "http://10.0.0.5:8080");
-        assert!(base_url("https://central:443").unwrap_err().contains("plain HTTP"));
+        assert_eq!(base_url("https://central:8443/").unwrap(), "https://central:8443");
         assert!(base_url("http://central:80/api").unwrap_err().contains("without a path"));
+        assert!(base_url("https://central/api").unwrap_err().contains("without a path"));
         assert!(base_url("central:80").is_err());
+    }
+
+    #[test]
+    fn https_downloads_need_the_park_ca() {
+        assert!(tls_for("http://central:8080", None).unwrap().is_none());
+        assert!(tls_for("https://central:8443", None).unwrap_err().contains("[uplink.tls] ca_file"));
+        let missing = std::path::Path::new("/nonexistent/ca.pem");
+        assert!(tls_for("https://central:8443", Some(missing)).unwrap_err().contains("/nonexistent/ca.pem"));
     }
 
     #[test]

@@ -546,7 +546,9 @@ impl<S: Spool + 'static> Uplink<S> {
                 let order = crate::update::remote::Order { order, version, target, sha256, size, path, token };
                 // The running configuration's [update] section: keys, central's URL, timeouts.
                 let config = self.pushes.as_ref().map(|(_, plant)| plant.config.update.clone()).unwrap_or_default();
-                self.updates.start(order, config);
+                // An https:// central_url is checked against the park CA the uplink trusts.
+                let ca_file = self.config.tls.as_ref().map(|t| t.ca_file.clone());
+                self.updates.start(order, config, ca_file);
             }
         }
     }

@@ -1,7 +1,11 @@
-//! A bounded HTTP/1.1 client for talking to cameras (snapshots, SOAP, liveness): one request per
-//! connection, the whole exchange under a timeout, and the response body read only up to a bound; a
-//! larger `Content-Length` is refused before any of the body is read.
+//! A bounded HTTP/1.1 client for talking to cameras (snapshots, SOAP, liveness) and to central's API
+//! (enrolment, update downloads): one request per connection, the whole exchange under a timeout,
+//! and the response body read only up to a bound; a larger `Content-Length` is refused before any of
+//! the body is read. `https://` only with [`send_tls`] and a CA to check the server against (never
+//! the system roots, never unchecked).
 
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http_body_util::{BodyExt as _, Full};
@@ -48,6 +52,15 @@ pub enum FetchError {
     /// HTTP protocol error.
     #[error("HTTP: {0}")]
     Http(String),
+    /// The TLS handshake failed (most often: the server's certificate is not signed by the trusted
+    /// CA, or not for the host name used).
+    #[error("TLS with {addr}: {why}")]
+    Tls {
+        /// host:port.
+        addr: String,
+        /// The error.
+        why: String,
+    },
 }
 
 /// A parsed `http://` URL.
@@ -64,8 +77,17 @@ pub struct Url {
 impl Url {
     /// Parses `http://host[:port][/path]`; no user info, no fragments.
     pub fn parse(url: &str) -> Result<Url, FetchError> {
+        Url::parse_scheme(url, "http://", 80)
+    }
+
+    /// Parses `https://host[:port][/path]` (default port 443) likewise.
+    pub fn parse_https(url: &str) -> Result<Url, FetchError> {
+        Url::parse_scheme(url, "https://", 443)
+    }
+
+    fn parse_scheme(url: &str, scheme: &str, default_port: u16) -> Result<Url, FetchError> {
         let bad = || FetchError::Url(url.chars().take(200).collect());
-        let rest = url.strip_prefix("http://").ok_or_else(bad)?;
+        let rest = url.strip_prefix(scheme).ok_or_else(bad)?;
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, "/"),
@@ -88,7 +110,7 @@ impl Url {
         };
         let port = match port {
             Some(p) => p.parse().map_err(|_| bad())?,
-            None => 80,
+            None => default_port,
         };
         if host.is_empty() {
             return Err(bad());
@@ -115,23 +137,80 @@ pub async fn send(
     max_body: usize,
 ) -> Result<Response, FetchError> {
     let url = Url::parse(url)?;
-    tokio::time::timeout(timeout, exchange(method, &url, headers, body, max_body))
-        .await
-        .map_err(|_| FetchError::Timeout(timeout))?
+    let attempt = async { exchange(method, &url, connect(&url).await?, headers, body, max_body).await };
+    tokio::time::timeout(timeout, attempt).await.map_err(|_| FetchError::Timeout(timeout))?
 }
 
-async fn exchange(
+/// A TLS client configuration trusting only the CA certificate(s) in the PEM file `ca_file` (the
+/// park CA), ring as the provider, no client certificate.
+pub fn trusting(ca_file: &Path) -> Result<Arc<rustls::ClientConfig>, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject as _;
+    let cas: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(ca_file)
+        .and_then(|certs| certs.collect::<Result<_, _>>())
+        .map_err(|e| format!("CA file {}: {e}", ca_file.display()))?;
+    if cas.is_empty() {
+        return Err(format!("CA file {}: no certificate in it", ca_file.display()));
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in cas {
+        roots.add(ca).map_err(|e| format!("CA file {}: {e}", ca_file.display()))?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// Like [`send`], to an `https://` URL: the server's certificate must chain to `tls`'s roots and
+/// name the URL's host.
+pub async fn send_tls(
+    method: http::Method,
+    url: &str,
+    tls: Arc<rustls::ClientConfig>,
+    headers: &[(&str, String)],
+    body: Vec<u8>,
+    timeout: Duration,
+    max_body: usize,
+) -> Result<Response, FetchError> {
+    let url = Url::parse_https(url)?;
+    let attempt = async {
+        let addr = url.authority();
+        let tcp = connect(&url).await?;
+        let name = rustls::pki_types::ServerName::try_from(url.host.clone())
+            .map_err(|e| FetchError::Tls { addr: addr.clone(), why: format!("host name: {e}") })?;
+        let stream = tokio_rustls::TlsConnector::from(tls)
+            .connect(name, tcp)
+            .await
+            .map_err(|e| FetchError::Tls { addr, why: e.to_string() })?;
+        exchange(method, &url, stream, headers, body, max_body).await
+    };
+    tokio::time::timeout(timeout, attempt).await.map_err(|_| FetchError::Timeout(timeout))?
+}
+
+async fn connect(url: &Url) -> Result<tokio::net::TcpStream, FetchError> {
+    let stream = tokio::net::TcpStream::connect((url.host.as_str(), url.port))
+        .await
+        .map_err(|e| FetchError::Connect { addr: url.authority(), why: e.to_string() })?;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+async fn exchange<S>(
     method: http::Method,
     url: &Url,
+    stream: S,
     headers: &[(&str, String)],
     body: Vec<u8>,
     max_body: usize,
-) -> Result<Response, FetchError> {
+) -> Result<Response, FetchError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let addr = url.authority();
-    let stream = tokio::net::TcpStream::connect((url.host.as_str(), url.port))
-        .await
-        .map_err(|e| FetchError::Connect { addr: addr.clone(), why: e.to_string() })?;
-    let _ = stream.set_nodelay(true);
     let http = |e: &dyn std::fmt::Display| FetchError::Http(e.to_string());
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| http(&e))?;
     // Dropping the connection future (when this function returns) closes the socket.
@@ -188,5 +267,9 @@ mod tests {
         for bad in ["https://cam/", "http://u:p@cam/", "http://:80/", "ftp://x", "http://cam:99999/", "http://c/a b"] {
             assert!(Url::parse(bad).is_err(), "{bad}");
         }
+        let u = Url::parse_https("https://central.park.example/api").unwrap();
+        assert_eq!((u.host.as_str(), u.port, u.path.as_str()), ("central.park.example", 443, "/api"));
+        assert_eq!(Url::parse_https("https://[::1]:8443").unwrap().port, 8443);
+        assert!(Url::parse_https("http://central/").is_err());
     }
 }
