@@ -160,6 +160,16 @@ pub enum SpoolError {
         /// Why the move failed.
         source: std::io::Error,
     },
+    /// Another open instance holds the spool's lock, and did not let go in time.
+    #[error(
+        "spool at {path} is in use: another instance holds its lock (waited {waited_ms} ms); it was left untouched"
+    )]
+    Locked {
+        /// The spool directory.
+        path: PathBuf,
+        /// How long the open waited for the lock.
+        waited_ms: u64,
+    },
     /// A single batch larger than the whole budget.
     #[error("batch of {size} bytes exceeds the spool budget of {budget} bytes")]
     TooLarge {

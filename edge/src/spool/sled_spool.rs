@@ -3,7 +3,7 @@
 //! transaction and flushed before an append returns.
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional as _};
 use vigil_common::{DropCounters, Priority, SeqRange};
@@ -17,6 +17,36 @@ const KEY_EPOCH: &[u8] = b"epoch";
 const KEY_NEXT_SEQ: &[u8] = b"next_seq";
 const KEY_DROPS: &[u8] = b"drops";
 const TREE_NAMES: [&str; 3] = ["class-alarm-event", "class-live", "class-backfill"];
+/// How long an open waits for an instance closed just before to let go of the spool's lock.
+const LOCK_WAIT: Duration = Duration::from_secs(10);
+/// How often the lock is looked at meanwhile.
+const LOCK_POLL: Duration = Duration::from_millis(5);
+
+/// Why one attempt to open the spool failed.
+enum OpenFailure {
+    /// Another instance holds the lock: nothing is known about the spool, it must not be touched.
+    Locked,
+    /// The spool is unusable (and why, and its epoch if readable): it is moved aside.
+    Unusable(String, Option<u64>),
+}
+
+/// Whether another open instance holds sled's lock on the spool at `path` (an exclusive `flock`
+/// on its `db` file; no file: nobody). The probe's own lock goes with its file handle at once.
+fn lock_held(path: &Path) -> Result<bool, SpoolError> {
+    let db = path.join("db");
+    let probe_err =
+        |e: std::io::Error| SpoolError::Db { path: path.to_owned(), message: format!("{}: {e}", db.display()) };
+    let file = match std::fs::File::open(&db) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(probe_err(e)),
+    };
+    match file.try_lock() {
+        Ok(()) => Ok(false),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(true),
+        Err(std::fs::TryLockError::Error(e)) => Err(probe_err(e)),
+    }
+}
 
 /// A stored batch chosen to be dropped for the budget.
 struct Victim {
@@ -94,30 +124,66 @@ fn fresh_epoch() -> u64 {
 impl SledSpool {
     /// Opens the spool at `path`, creating it if absent. An unusable spool is moved aside to
     /// `<path>.corrupt-<ms>` and a fresh one with a new epoch is started; the outcome says so, and the
-    /// caller must report it (spool-lost event).
+    /// caller must report it (spool-lost event). A spool whose lock another instance holds is waited
+    /// for (up to 10 s), then refused ([`SpoolError::Locked`]), never moved aside.
     pub fn open(path: &Path, budget: u64) -> Result<(SledSpool, OpenOutcome), SpoolError> {
+        Self::open_waiting(path, budget, LOCK_WAIT)
+    }
+
+    fn open_waiting(path: &Path, budget: u64, wait: Duration) -> Result<(SledSpool, OpenOutcome), SpoolError> {
+        // Dropping the last handle of a sled 0.34 `Db` does not close its file at once: an IO
+        // thread of sled's pool that wrote the last flush holds the file (and with it the lock)
+        // until its job returns, a moment after the flush did. The agent reopens its spool in the
+        // same process after every pushed configuration, so the lock is waited for here rather
+        // than found taken, which sled reports like any other failure to open.
+        let started = Instant::now();
+        while lock_held(path)? {
+            if started.elapsed() >= wait {
+                return Err(SpoolError::Locked { path: path.to_owned(), waited_ms: wait.as_millis() as u64 });
+            }
+            std::thread::sleep(LOCK_POLL);
+        }
+        if started.elapsed() >= LOCK_POLL {
+            tracing::info!(
+                spool = %path.display(),
+                waited_ms = started.elapsed().as_millis() as u64,
+                "spool: waited for the previous instance to let go of its lock"
+            );
+        }
         let existed = path.exists();
         match Self::try_open(path, budget, existed) {
             Ok(spool) => Ok((spool, if existed { OpenOutcome::Resumed } else { OpenOutcome::Created })),
-            Err((reason, old_epoch)) => {
+            // Taken by another process since the wait: its spool, not a broken one.
+            Err(OpenFailure::Locked) => {
+                Err(SpoolError::Locked { path: path.to_owned(), waited_ms: wait.as_millis() as u64 })
+            }
+            Err(OpenFailure::Unusable(reason, old_epoch)) => {
                 let quarantined_to = PathBuf::from(format!("{}.corrupt-{}", path.display(), crate::spool::now_ms()));
                 std::fs::rename(path, &quarantined_to)
                     .map_err(|source| SpoolError::Quarantine { path: path.to_owned(), source })?;
                 tracing::error!(spool = %path.display(), %reason, to = %quarantined_to.display(), "spool unusable, moved aside; starting a new epoch");
-                let spool = Self::try_open(path, budget, false)
-                    .map_err(|(message, _)| SpoolError::Db { path: path.to_owned(), message })?;
+                let spool = Self::try_open(path, budget, false).map_err(|e| match e {
+                    OpenFailure::Locked => SpoolError::Locked { path: path.to_owned(), waited_ms: 0 },
+                    OpenFailure::Unusable(message, _) => SpoolError::Db { path: path.to_owned(), message },
+                })?;
                 Ok((spool, OpenOutcome::Recovered { old_epoch, reason, quarantined_to }))
             }
         }
     }
 
-    fn try_open(path: &Path, budget: u64, existed: bool) -> Result<SledSpool, (String, Option<u64>)> {
-        let db = sled::Config::new()
-            .path(path)
-            .cache_capacity(8 * 1024 * 1024)
-            .flush_every_ms(Some(1000))
-            .open()
-            .map_err(|e| (format!("cannot open: {e}"), None))?;
+    fn try_open(path: &Path, budget: u64, existed: bool) -> Result<SledSpool, OpenFailure> {
+        let db = sled::Config::new().path(path).cache_capacity(8 * 1024 * 1024).flush_every_ms(Some(1000)).open();
+        let db = match db {
+            Ok(db) => db,
+            // sled names a lock it could not take only in its message; the lock itself is the test.
+            Err(_) if lock_held(path).unwrap_or(false) => return Err(OpenFailure::Locked),
+            Err(e) => return Err(OpenFailure::Unusable(format!("cannot open: {e}"), None)),
+        };
+        Self::read(path, db, budget, existed).map_err(|(reason, epoch)| OpenFailure::Unusable(reason, epoch))
+    }
+
+    /// Reads the counters and the per-class figures of a freshly opened `db`.
+    fn read(path: &Path, db: sled::Db, budget: u64, existed: bool) -> Result<SledSpool, (String, Option<u64>)> {
         let tree = |name: &str| db.open_tree(name).map_err(|e| (format!("cannot open tree {name}: {e}"), None));
         let trees = [tree(TREE_NAMES[0])?, tree(TREE_NAMES[1])?, tree(TREE_NAMES[2])?];
         let meta = tree("meta")?;
@@ -430,14 +496,52 @@ mod tests {
         s.append(&stored(9, Priority::AlarmEvent, 100)).unwrap();
         assert_eq!(s.drops().alarm_event.batches, 1);
         assert!(s.get(0).unwrap().is_none());
-        // Drop counts persist.
+        // Drop counts persist; a spool moved aside and started afresh would read back zero instead.
         drop(s);
-        let (s, _) = SledSpool::open(&dir.path().join("spool"), 1 << 20).unwrap();
+        let (s, outcome) = SledSpool::open(&dir.path().join("spool"), 1 << 20).unwrap();
+        assert_eq!(outcome, OpenOutcome::Resumed);
         assert_eq!(s.drops().alarm_event.batches, 1);
         assert!(matches!(
             SledSpool::open(&dir.path().join("other"), 10).unwrap().0.append(&stored(0, Priority::Live, 100)),
             Err(SpoolError::TooLarge { .. })
         ));
+    }
+
+    #[test]
+    fn a_spool_still_locked_is_waited_for_and_never_moved_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spool");
+        let (mut s, _) = SledSpool::open(&path, 1 << 20).unwrap();
+        let epoch = s.epoch();
+        s.append(&stored(0, Priority::AlarmEvent, 100)).unwrap();
+        drop(s);
+        // What a sled IO thread still finishing the last flush does: hold the lock after the drop.
+        let holder = std::fs::File::open(path.join("db")).unwrap();
+        holder.lock().unwrap();
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            drop(holder);
+        });
+        let started = Instant::now();
+        let (s, outcome) = SledSpool::open(&path, 1 << 20).unwrap();
+        assert!(started.elapsed() >= Duration::from_millis(250), "opened while the lock was held");
+        assert_eq!(outcome, OpenOutcome::Resumed);
+        assert_eq!((s.epoch(), s.next_seq()), (epoch, 1));
+        release.join().unwrap();
+        drop(s);
+
+        // Held for longer than the open waits (another process): refused, the spool untouched.
+        let holder = std::fs::File::open(path.join("db")).unwrap();
+        holder.lock().unwrap();
+        let err = SledSpool::open_waiting(&path, 1 << 20, Duration::from_millis(50)).unwrap_err();
+        assert!(matches!(err, SpoolError::Locked { .. }), "{err}");
+        // Taken between the wait and sled's own attempt: also a held lock, not damage.
+        assert!(matches!(SledSpool::try_open(&path, 1 << 20, true), Err(OpenFailure::Locked)));
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("spool")], "nothing was moved aside");
+        drop(holder);
+        let (s, outcome) = SledSpool::open(&path, 1 << 20).unwrap();
+        assert_eq!((outcome, s.epoch(), s.next_seq()), (OpenOutcome::Resumed, epoch, 1));
     }
 
     #[test]
