@@ -142,6 +142,8 @@ pub struct IngestMetrics {
     pub states_received: AtomicU64,
     /// State messages refused (unknown gateway, bad signature, malformed).
     pub states_rejected: AtomicU64,
+    /// State and catalogue messages held because the key cache did not know their gateway yet.
+    pub held_for_registry: AtomicU64,
     /// Acks published.
     pub acks_sent: AtomicU64,
     /// Acks that could not be queued (the gateway re-sends and gets acknowledged again).
@@ -190,6 +192,7 @@ impl IngestMetrics {
             ("vigil_ingest_duplicates_total", g(&self.duplicates)),
             ("vigil_ingest_states_received_total", g(&self.states_received)),
             ("vigil_ingest_states_rejected_total", g(&self.states_rejected)),
+            ("vigil_ingest_held_for_registry_total", g(&self.held_for_registry)),
             ("vigil_ingest_acks_sent_total", g(&self.acks_sent)),
             ("vigil_ingest_acks_dropped_total", g(&self.acks_dropped)),
             ("vigil_ingest_resend_ranges_total", g(&self.resend_ranges)),
@@ -333,8 +336,17 @@ pub struct Core {
     wal_bytes_at_checkpoint: u64,
     last_checkpoint: Instant,
     last_touch: HashMap<GatewayId, Instant>,
+    /// The latest state and catalogue of each gateway the key cache does not know yet (enrolled
+    /// since the last registry reload): both are sent once per connect, so they wait for the
+    /// next reload instead of being lost.
+    held: HashMap<(GatewayId, Channel), Incoming>,
     cfg: Config,
 }
+
+/// Most messages, and bytes, [`Core`] holds for gateways its key cache does not know yet (retained
+/// messages of a gateway removed from the registry would otherwise be held for ever).
+const MAX_HELD: usize = 1024;
+const MAX_HELD_BYTES: usize = 64 * 1024 * 1024;
 
 /// Registry "last seen" updates per gateway are written at most this often (each is a SQLite commit).
 const TOUCH_EVERY: Duration = Duration::from_secs(5);
@@ -421,6 +433,7 @@ impl Core {
             wal_bytes_at_checkpoint: 0,
             last_checkpoint: Instant::now(),
             last_touch: HashMap::new(),
+            held: HashMap::new(),
             cfg,
         })
     }
@@ -449,15 +462,36 @@ impl Core {
         }
     }
 
+    /// True when `msg` (a state or catalogue) was held because its gateway is not in the key cache
+    /// even after a reload; the same rule as for batches bounds reloads to one a second.
+    async fn hold_if_unknown(&mut self, topic: &Topic, msg: &Incoming) -> Result<bool, IngestError> {
+        if self.keys.contains_key(&topic.gateway) {
+            return Ok(false);
+        }
+        if self.keys_loaded.elapsed() >= Duration::from_secs(1) {
+            self.reload_keys().await?;
+            if self.keys.contains_key(&topic.gateway) {
+                return Ok(false);
+            }
+        }
+        let key = (topic.gateway.clone(), topic.channel);
+        let bytes: usize = self.held.iter().filter(|(k, _)| **k != key).map(|(_, m)| m.payload.len()).sum();
+        if (self.held.len() >= MAX_HELD && !self.held.contains_key(&key)) || bytes + msg.payload.len() > MAX_HELD_BYTES
+        {
+            // Full: refused below as from an unregistered gateway, and counted there.
+            return Ok(false);
+        }
+        self.metrics.held_for_registry.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(gateway = %topic.gateway, channel = topic.channel.suffix(), "ingest: gateway not in the key cache yet; held until the next registry reload");
+        self.held.insert(key, msg.clone());
+        Ok(true)
+    }
+
     /// Verifies a gateway's point catalogue and stores it. An empty payload is the retained message
     /// being cleared, not an error.
-    async fn take_catalogue(&mut self, topic: &Topic, payload: &[u8], now: i64) -> Result<(), IngestError> {
+    async fn take_catalogue(&self, topic: &Topic, payload: &[u8], now: i64) -> Result<(), IngestError> {
         if payload.is_empty() {
             return Ok(());
-        }
-        // A gateway sends its catalogue right after its first connect, maybe before the next reload.
-        if !self.keys.contains_key(&topic.gateway) && self.keys_loaded.elapsed() >= Duration::from_secs(1) {
-            self.reload_keys().await?;
         }
         let c = &self.catalogues;
         let verified = match self.keys.get(&topic.gateway) {
@@ -497,6 +531,16 @@ impl Core {
         if self.keys_loaded.elapsed() >= reload {
             self.reload_keys().await?;
         }
+        // Held messages whose gateway the cache now knows go first, in the order they came.
+        let msgs = if self.held.is_empty() {
+            msgs
+        } else {
+            let ready: Vec<(GatewayId, Channel)> =
+                self.held.keys().filter(|(g, _)| self.keys.contains_key(g)).cloned().collect();
+            let mut all: Vec<Incoming> = ready.into_iter().filter_map(|k| self.held.remove(&k)).collect();
+            all.extend(msgs);
+            all
+        };
         let m = Arc::clone(&self.metrics);
         let mut accepted: Vec<(EnterpriseId, Batch, Vec<u8>)> = Vec::new();
         let mut to_ack: BTreeMap<(GatewayId, u64), EnterpriseId> = BTreeMap::new();
@@ -510,6 +554,11 @@ impl Core {
                     continue;
                 }
             };
+            if matches!(topic.channel, Channel::UpState | Channel::UpCatalogue)
+                && self.hold_if_unknown(&topic, &msg).await?
+            {
+                continue;
+            }
             if topic.channel == Channel::UpState {
                 m.states_received.fetch_add(1, Ordering::Relaxed);
                 let verified = self

@@ -1,6 +1,7 @@
 //! Point catalogues through ingest's core: a gateway's signed catalogue on `up/catalogue` is stored
 //! and survives a restart; forged, misaddressed and invalid ones are refused and counted; a repeat
-//! writes nothing; a gateway registered after ingest loaded its keys is still heard.
+//! writes nothing; the state and catalogue of a gateway registered after ingest loaded its keys
+//! are held until the next reload, not lost.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -14,7 +15,7 @@ use vigil_central::ingest::{Core, Incoming};
 use vigil_central::store::Registry;
 use vigil_common::catalogue::{DeviceEntry, DeviceProtocol, PointEntry};
 use vigil_common::envelope::{self, Kind};
-use vigil_common::{EnterpriseId, GatewayId, PointCatalogue, PointId, SigningKey};
+use vigil_common::{EnterpriseId, GatewayId, GatewayState, PointCatalogue, PointId, SigningKey};
 
 fn catalogue(gw: &GatewayId, unit: &str, ts_ms: i64) -> PointCatalogue {
     PointCatalogue {
@@ -94,13 +95,40 @@ async fn signed_catalogues_are_stored_and_forged_ones_refused() {
     core.process_group(vec![msg("acme", &gw, catalogue(&gw, "ppm", 3).seal(&key).unwrap())]).await.unwrap();
     assert_eq!(m.changed.load(Ordering::Relaxed), 2);
 
-    // A gateway enrolled after ingest read the registry is heard once the keys are reloaded.
+    // A gateway enrolled just after ingest read the registry connects at once: its state and
+    // catalogue (sent once per connect) are held, and taken after the next reload.
     let late = GatewayId::new(unique("gw")).unwrap();
     let late_key = SigningKey::from_seed(&[11; 32]);
+    let mut states = core.streams.states.subscribe();
+    core.process_group(vec![]).await.unwrap();
     registry.add(&late, &acme, &late_key.public_key(), 0).await.unwrap();
+    let state = GatewayState {
+        gateway: late.clone(),
+        online: true,
+        ts_ms: 1,
+        epoch: 1,
+        next_seq: 0,
+        version: "test".into(),
+        spool: Default::default(),
+        config: Default::default(),
+        update: Default::default(),
+        clock: Default::default(),
+    };
+    let late_msgs = vec![
+        msg("acme", &late, catalogue(&late, "m", 1).seal(&late_key).unwrap()),
+        Incoming { topic: format!("vigil/v1/acme/{late}/up/state"), payload: state.seal(&late_key).unwrap() },
+    ];
+    core.process_group(late_msgs).await.unwrap();
+    let held = core.metrics.held_for_registry.load(Ordering::Relaxed);
+    assert_eq!((held, m.rejected.load(Ordering::Relaxed)), (2, n), "held, not refused");
+    assert!(core.catalogues.get(late.as_str()).is_none());
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    core.process_group(vec![msg("acme", &late, catalogue(&late, "m", 1).seal(&late_key).unwrap())]).await.unwrap();
+    // Any later message (here an empty retained clear) makes ingest reload and take what it held.
+    core.process_group(vec![msg("acme", &late, Vec::new())]).await.unwrap();
+    core.process_group(vec![msg("acme", &late, Vec::new())]).await.unwrap();
     assert!(core.catalogues.get(late.as_str()).is_some(), "the late gateway's catalogue was not taken");
+    let (got, _) = &*states.try_recv().unwrap();
+    assert_eq!(got.gateway, late);
     drop(core);
 
     // After a restart central still knows every unit.
