@@ -40,6 +40,7 @@ impl Mosquitto {
             format!(
                 "user {central_user}\ntopic readwrite vigil/#\n\n\
                  pattern write vigil/v1/+/%u/up/batch\npattern write vigil/v1/+/%u/up/state\n\
+                 pattern write vigil/v1/+/%u/up/catalogue\n\
                  pattern read vigil/v1/+/%u/down/ack\npattern read vigil/v1/+/%u/down/cmd\n"
             ),
         )?;
