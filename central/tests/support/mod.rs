@@ -214,7 +214,12 @@ pub async fn request(
     s.write_all(req.as_bytes()).await.unwrap();
     let mut buf = Vec::new();
     tokio::time::timeout(Duration::from_secs(60), s.read_to_end(&mut buf)).await.expect("answer within 60 s").unwrap();
-    let text = String::from_utf8_lossy(&buf).to_string();
+    parse_answer(&buf)
+}
+
+/// Parses a whole HTTP/1.1 answer as read off the socket (chunked bodies are joined).
+pub fn parse_answer(raw: &[u8]) -> Answer {
+    let text = String::from_utf8_lossy(raw).to_string();
     let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let mut lines = head.lines();
     let status = lines.next().and_then(|l| l.split_whitespace().nth(1)).and_then(|c| c.parse().ok()).unwrap_or(0);
